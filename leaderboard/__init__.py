@@ -1,0 +1,1 @@
+"""Leaderboard: metrics, the predictions and results formats, submission checks and tables."""

@@ -1,0 +1,57 @@
+"""Image loading and the tensors methods train on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from insplad_tools.errors import InspladError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as 8-bit RGB, honouring EXIF orientation; one clear error when unreadable."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                top = arr.max() or 1.0
+                img = Image.fromarray((arr * (255.0 / top)).astype(np.uint8))
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InspladError(f"{path}: cannot read image ({exc})") from exc
+
+
+def to_tensor(img: Image.Image, size: int | None, *, normalize: bool = True) -> torch.Tensor:
+    """Resize (bilinear, square) and convert to a CHW float tensor, ImageNet-normalised by default."""
+    if size is not None:
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    if normalize:
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        arr = (arr - mean) / std
+    return arr
+
+
+class ImageDataset(Dataset):
+    """Images from a list of paths, resized to ``size`` and turned into tensors by ``transform``."""
+
+    def __init__(self, paths: Sequence[Path], size: int, transform: Callable[[Image.Image], torch.Tensor] | None = None):
+        self.paths = list(paths)
+        self.size = size
+        self.transform = transform or (lambda img: to_tensor(img, size))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(load_rgb(self.paths[index]))

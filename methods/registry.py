@@ -1,0 +1,69 @@
+"""The method registry: the one table mapping a method name to its Detector class.
+
+Commands (``benchmark``, ``predict``, ``profile``) look methods up here and never special-case
+one. Classes are imported on first use so that listing methods stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from insplad_tools.errors import InspladError
+from methods.base import Detector, RunConfig, coerce_options, read_checkpoint
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    target: str  # "module:ClassName" of the Detector subclass
+    summary: str
+
+    def load(self) -> type[Detector]:
+        module_name, attr = self.target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("differnet", "methods.differnet.detector:DifferNetDetector",
+                   "DifferNet / AttentDifferNet: AlexNet (+SE/CBAM blocks) features, normalizing flow likelihood."),
+        MethodSpec("simplenet", "methods.simplenet.detector:SimpleNetDetector",
+                   "SimpleNet: (SE/CBAM-)ResNet-18 features, adaptor, noise-trained discriminator; maps."),
+        MethodSpec("efficientad", "methods.efficientad.detector:EfficientADDetector",
+                   "EfficientAD-S: PDN teacher/student (+SE/CBAM) and autoencoder; maps."),
+    )
+}
+
+
+def get_method(name: str) -> type[Detector]:
+    if name not in METHODS:
+        raise InspladError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    return METHODS[name].load()
+
+
+def build_detector(name: str, options: dict[str, Any], run: RunConfig) -> Detector:
+    """Instantiate a method with its options (validated and converted) and the shared run config."""
+    cls = get_method(name)
+    return cls(coerce_options(cls.Options, options), run)
+
+
+def load_detector(path: Path, device: str = "cpu") -> Detector:
+    """Rebuild a trained detector from a checkpoint written by :meth:`Detector.save`."""
+    payload = read_checkpoint(Path(path))
+    if not payload.get("finished", False):
+        raise InspladError(f"{path}: checkpoint is from an unfinished training run")
+    cls = get_method(payload["method"])
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    run = RunConfig(**{k: v for k, v in payload["run"].items() if k in run_fields})
+    run.device = device
+    run.pretrained = False  # weights come from the checkpoint, never re-downloaded
+    detector = cls(cls.Options(**payload["options"]), run)
+    detector.load_state(payload["state"])
+    detector.history = list(payload.get("history", []))
+    detector.epochs_done = int(payload.get("epoch", 0))
+    return detector
