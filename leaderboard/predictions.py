@@ -38,6 +38,7 @@ PREDICTIONS_FILE = "predictions.json"
 MAX_JSON_BYTES = 64 << 20
 MAX_MAP_BYTES = 64 << 20
 MAX_MAP_PIXELS = 8192 * 8192
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class PredictionsError(InspladError):
@@ -77,18 +78,25 @@ def load_map_file(folder: Path, rel: str) -> np.ndarray:
     path = safe_relative(folder, rel, what="map")
     if not path.is_file():
         raise PredictionsError(f"{path}: map file is missing")
+    if path.suffix != ".npz":
+        raise PredictionsError(f"{path}: map must be an .npz file")
     if path.stat().st_size > MAX_MAP_BYTES:
         raise PredictionsError(f"{path}: map file larger than {MAX_MAP_BYTES >> 20} MiB")
+    # np.load on anything but a zip would hand back a bare array (or refuse a pickle): check the magic first.
+    with open(path, "rb") as handle:
+        if handle.read(4) != ZIP_MAGIC:
+            raise PredictionsError(f"{path}: not an npz (zip) file")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "map" not in data.files:
                 raise PredictionsError(f"{path}: no array named 'map' in the npz")
-            info = data.zip.getinfo("map.npy") if hasattr(data, "zip") else None
-            if info is not None and info.file_size > 8 * MAX_MAP_PIXELS:
+            info = data.zip.getinfo("map.npy")
+            if info.file_size > 8 * MAX_MAP_PIXELS + 4096:
                 raise PredictionsError(f"{path}: map decompresses to more than {8 * MAX_MAP_PIXELS >> 20} MiB")
             array = data["map"]
-    except (ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        raise PredictionsError(f"{path}: unreadable map ({exc})") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError,
+            NotImplementedError, RuntimeError) as exc:
+        raise PredictionsError(f"{path}: unreadable map ({type(exc).__name__}: {exc})") from exc
     if array.ndim != 2 or array.size == 0 or array.size > MAX_MAP_PIXELS:
         raise PredictionsError(f"{path}: map must be a non-empty 2-D array, got shape {array.shape}")
     if array.dtype not in (np.float16, np.float32, np.float64):
@@ -155,7 +163,11 @@ def read_category(folder: Path) -> CategoryPredictions:
             raise PredictionsError(f"{path}: item {i} ({raw['image']}) has a non-string 'map'")
         if amap is not None:
             safe_relative(folder, amap, what="map")
-        items.append(Prediction(raw["image"], float(score), amap))
+        try:
+            value = float(score)
+        except OverflowError as exc:
+            raise PredictionsError(f"{path}: item {i} ({raw['image']}) has a score too large for a float") from exc
+        items.append(Prediction(raw["image"], value, amap))
     return CategoryPredictions(data["category"], folder, items)
 
 

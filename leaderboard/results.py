@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ SCHEMA = "insplad-results/1"
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 HEADLINE = ("image_auroc", "pixel_auroc", "aupro")
 REPORTS = ("best", "mean")
+TOLERANCE = 1e-6  # claimed numbers must match their recomputation this closely
 
 
 class ResultsError(InspladError):
@@ -101,8 +103,119 @@ def _is_fraction(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0.0 <= value <= 1.0
 
 
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _differs(claimed: Any, expected: Any, tolerance: float = TOLERANCE) -> bool:
+    if claimed is None or expected is None:
+        return (claimed is None) != (expected is None)
+    return not _is_number(claimed) or abs(claimed - expected) > tolerance
+
+
+def _check_variant(variant: dict, problems: list[str]) -> None:
+    for key in ("backbone", "attention"):
+        if key in variant and not (variant[key] is None or isinstance(variant[key], str)):
+            problems.append(f"variant.{key}: must be a string or null")
+    blocks = variant.get("blocks")
+    if "blocks" in variant and not (isinstance(blocks, list) and all(_is_int(b) for b in blocks)):
+        problems.append("variant.blocks: must be a list of non-negative integers")
+
+
+def _check_meta(doc: dict, problems: list[str]) -> None:
+    """The optional descriptive fields: checked for type whenever present."""
+    training = doc.get("training")
+    if training is not None:
+        if not isinstance(training, dict):
+            problems.append("training: must be an object")
+        else:
+            for key, minimum in (("epochs", 0), ("batch_size", 1)):
+                if training.get(key) is not None and not _is_int(training[key], minimum):
+                    problems.append(f"training.{key}: must be an integer >= {minimum}")
+            size = training.get("image_size")
+            if size is not None and not (_is_int(size, 1) or (isinstance(size, list) and len(size) == 2
+                                                              and all(_is_int(s, 1) for s in size))):
+                problems.append("training.image_size: must be a positive integer or [height, width]")
+    if doc.get("hardware") is not None and not isinstance(doc["hardware"], dict):
+        problems.append("hardware: must be an object")
+    wall = doc.get("wall_time_s")
+    if wall is not None and not (_is_number(wall) and wall >= 0):
+        problems.append("wall_time_s: must be a non-negative number")
+    params = doc.get("trainable_params")
+    if params is not None and not _is_int(params):
+        problems.append("trainable_params: must be a non-negative integer")
+    for key in ("package_version", "created"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            problems.append(f"{key}: must be a string")
+    if isinstance(doc.get("created"), str):
+        try:
+            datetime.fromisoformat(doc["created"])
+        except ValueError:
+            problems.append(f"created: {doc['created']!r} is not an ISO 8601 date-time")
+    commit = doc.get("git_commit")
+    if commit is not None and not (isinstance(commit, str) and 7 <= len(commit) <= 64
+                                   and all(c in "0123456789abcdef" for c in commit)):
+        problems.append("git_commit: must be a lowercase hex commit id or null")
+    notes = doc.get("notes")
+    if notes is not None and not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
+        problems.append("notes: must be a list of strings")
+
+
+def _check_row(row: dict, where: str, seeds: list[int], report: str | None, problems: list[str]) -> None:
+    for key in ("n_test_good", "n_test_anomalous", "n_masks"):
+        if not _is_int(row.get(key)):
+            problems.append(f"{where}.{key}: must be a non-negative integer")
+    runs = row.get("runs")
+    if not isinstance(runs, list) or not runs:
+        problems.append(f"{where}.runs: must be a non-empty list")
+        return
+    if not all(isinstance(r, dict) for r in runs):
+        problems.append(f"{where}.runs: every run must be an object")
+        return
+    run_seeds = [r.get("seed") for r in runs]
+    if not all(_is_int(s) for s in run_seeds):
+        problems.append(f"{where}.runs: every run needs an integer 'seed'")
+    elif len(set(run_seeds)) != len(run_seeds):
+        problems.append(f"{where}.runs: duplicate seeds {run_seeds}")
+    elif seeds and sorted(run_seeds) != sorted(seeds):
+        problems.append(f"{where}.runs: seeds {run_seeds} differ from aggregation.seeds {seeds}")
+    runs_ok = True
+    for run in runs:
+        for metric in METRICS:
+            value = run.get(metric)
+            if value is not None and not _is_fraction(value):
+                problems.append(f"{where}.runs[seed={run.get('seed')}].{metric}: {value!r} is not a number in [0, 1]")
+                runs_ok = False
+        if run.get("image_auroc") is None:
+            problems.append(f"{where}.runs[seed={run.get('seed')}].image_auroc: required")
+            runs_ok = False
+        if row.get("n_masks") == 0 and (run.get("pixel_auroc") is not None or run.get("aupro") is not None):
+            problems.append(f"{where}.runs[seed={run.get('seed')}]: pixel metrics given but the category has no masks")
+    for metric in METRICS:
+        for suffix in ("", "_mean", "_std", "_best"):
+            value = row.get(metric + suffix)
+            if value is not None and not (_is_fraction(value) or (suffix == "_std" and _is_number(value) and value >= 0)):
+                problems.append(f"{where}.{metric}{suffix}: {value!r} is not a number in [0, 1]")
+                runs_ok = False
+    if row.get("image_auroc") is None:
+        problems.append(f"{where}.image_auroc: required")
+    elif runs_ok and report in REPORTS:
+        expected = aggregate_runs(runs, report)
+        for key, value in expected.items():
+            if _differs(row.get(key), value):
+                problems.append(f"{where}.{key}: claims {row.get(key)!r} but its runs give {value!r} ({report} of the runs)")
+
+
 def validate_results(doc: Any) -> list[str]:
-    """Every way ``doc`` departs from the schema, one message each (empty when valid)."""
+    """Every way ``doc`` departs from the schema, one message each (empty when valid).
+
+    Besides types and ranges it checks the document against itself: each category's reported,
+    mean, std and best values against its runs, and the mean row against the categories.
+    """
     problems: list[str] = []
     if not isinstance(doc, dict):
         return ["results: top level must be a JSON object"]
@@ -114,57 +227,52 @@ def validate_results(doc: Any) -> list[str]:
             problems.append(f"{key}: missing or not a {kind.__name__}")
     if problems:
         return problems
+    if not doc["method"]:
+        problems.append("method: must not be empty")
+    _check_variant(doc["variant"], problems)
     dataset = doc["dataset"]
+    if not (isinstance(dataset.get("name"), str) and dataset["name"]):
+        problems.append("dataset.name: must be a non-empty string")
     sha = dataset.get("manifest_sha256")
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         problems.append("dataset.manifest_sha256: must be 64 lowercase hex characters")
     agg = doc["aggregation"]
-    if agg.get("report") not in REPORTS:
+    report = agg.get("report")
+    if report not in REPORTS:
         problems.append(f"aggregation.report: must be one of {REPORTS}")
     seeds = agg.get("seeds")
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        problems.append("aggregation.seeds: must be a non-empty list of integers")
+    if not (isinstance(seeds, list) and seeds and all(_is_int(s) for s in seeds)):
+        problems.append("aggregation.seeds: must be a non-empty list of non-negative integers")
         seeds = []
     elif len(set(seeds)) != len(seeds):
         problems.append("aggregation.seeds: duplicate seeds")
-    names = set()
+        seeds = []
+    if not doc["categories"]:
+        problems.append("categories: must list at least one category")
+    names: set[str] = set()
+    rows_ok = True
     for i, row in enumerate(doc["categories"]):
-        where = f"categories[{i}]"
-        if not isinstance(row, dict) or not isinstance(row.get("category"), str):
-            problems.append(f"{where}: must be an object with a 'category' name")
+        if not isinstance(row, dict) or not isinstance(row.get("category"), str) or not row["category"]:
+            problems.append(f"categories[{i}]: must be an object with a 'category' name")
+            rows_ok = False
             continue
         where = f"categories[{row['category']}]"
         if row["category"] in names:
             problems.append(f"{where}: listed twice")
         names.add(row["category"])
-        for key in ("n_test_good", "n_test_anomalous", "n_masks"):
-            if not (isinstance(row.get(key), int) and not isinstance(row.get(key), bool) and row[key] >= 0):
-                problems.append(f"{where}.{key}: must be a non-negative integer")
-        runs = row.get("runs")
-        if not isinstance(runs, list) or not runs:
-            problems.append(f"{where}.runs: must be a non-empty list")
-            continue
-        run_seeds = [r.get("seed") for r in runs if isinstance(r, dict)]
-        if seeds and sorted(run_seeds, key=str) != sorted(seeds, key=str):
-            problems.append(f"{where}.runs: seeds {run_seeds} differ from aggregation.seeds {seeds}")
-        for run in runs:
-            if not isinstance(run, dict):
-                problems.append(f"{where}.runs: every run must be an object")
-                continue
-            for metric in METRICS:
-                value = run.get(metric)
-                if value is not None and not _is_fraction(value):
-                    problems.append(f"{where}.runs[seed={run.get('seed')}].{metric}: {value!r} is not a number in [0, 1]")
-        for metric in METRICS:
-            value = row.get(metric)
-            if value is not None and not _is_fraction(value):
-                problems.append(f"{where}.{metric}: {value!r} is not a number in [0, 1]")
-        if row.get("image_auroc") is None:
-            problems.append(f"{where}.image_auroc: required")
+        _check_row(row, where, seeds, report, problems)
+        rows_ok = rows_ok and all(row.get(m) is None or _is_fraction(row[m]) for m in HEADLINE)
+    mean = doc["mean"]
     for metric in HEADLINE:
-        value = doc["mean"].get(metric)
+        value = mean.get(metric)
         if value is not None and not _is_fraction(value):
             problems.append(f"mean.{metric}: {value!r} is not a number in [0, 1]")
+            rows_ok = False
+    if rows_ok:
+        for metric, value in mean_row(doc["categories"]).items():
+            if _differs(mean.get(metric), value):
+                problems.append(f"mean.{metric}: claims {mean.get(metric)!r} but the categories average to {value!r}")
+    _check_meta(doc, problems)
     return problems
 
 

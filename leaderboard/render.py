@@ -1,0 +1,248 @@
+"""Result tables shaped like the papers' tables: categories as rows, methods/variants as columns.
+
+Published rows come from the CSV files in ``leaderboard/reference/`` (transcribed from seed 000
+Tables 2-5 and seed 003 Tables 2-4, one cited table per row); our columns come from
+``insplad-results/1`` files. Values are percentages with two decimals; in each row the best value
+is bold and the best column of the highlighted family (DifferNet variants by default) underlined.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REFERENCE_DIR = Path(__file__).parent / "reference"
+REFERENCES = ("insplad-fault", "mvtec", "wafer", "insplad-seg-auroc", "insplad-seg-aupro")
+METRIC_TITLES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (FPR ≤ 0.3)",
+                 "f1_max": "F1-max"}
+MEAN = "mean"
+ATTENTION_NAMES = {"se": "SENet", "cbam": "CBAM"}
+FAMILY_NAMES = {"differnet": "DifferNet", "simplenet": "SimpleNet", "efficientad": "EfficientAD", "fastflow": "FastFlow",
+                "rdpp": "RD++"}
+
+
+@dataclass
+class Column:
+    label: str
+    family: str
+    source: str
+    values: dict[str, float | None] = field(default_factory=dict)  # category (or "mean") -> percent
+    ours: bool = False
+
+
+@dataclass
+class Table:
+    metric: str
+    rows: list[tuple[str, str]]  # (category key, printed row name)
+    columns: list[Column]
+    underline_family: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def cell(self, category: str, column: Column) -> float | None:
+        return column.values.get(category)
+
+    def marks(self, category: str) -> tuple[set[int], set[int]]:
+        """Indices of the bold (best in row) and underlined (best of the family) columns of a row."""
+        shown = {i: round(v, 2) for i, c in enumerate(self.columns) if (v := c.values.get(category)) is not None}
+        bold = {i for i, v in shown.items() if v == max(shown.values())} if shown else set()
+        family = {i: v for i, v in shown.items() if self.columns[i].family == self.underline_family}
+        underline = {i for i, v in family.items() if v == max(family.values())} if len(family) > 1 else set()
+        return bold, underline
+
+
+def category_title(name: str) -> str:
+    """A printable row name for one of our category folders (``vari_grip`` -> ``Vari Grip``)."""
+    return name.replace("_", " ").title()
+
+
+def read_reference(name: str) -> tuple[str, list[Column], list[tuple[str, str]], list[str]]:
+    """Metric, published columns, rows (category, table row name) and sources of a reference CSV."""
+    if name not in REFERENCES:
+        raise ValueError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
+    with open(REFERENCE_DIR / f"{name}.csv", newline="", encoding="utf-8") as handle:
+        records = list(csv.DictReader(handle))
+    columns: dict[str, Column] = {}
+    rows: dict[str, str] = {}
+    notes: list[str] = []
+    for rec in records:
+        col = columns.setdefault(rec["column"], Column(rec["column"], rec["family"], rec["source"]))
+        col.values[rec["category"]] = float(rec["value"])
+        rows.setdefault(rec["category"], rec["row"])
+        if rec["note"]:
+            notes.append(f"{rec['source']}, {rec['row']} / {rec['column']}: {rec['note']}")
+    metrics = {rec["metric"] for rec in records}
+    (metric,) = metrics
+    ordered = [(c, r) for c, r in rows.items() if c != MEAN]
+    return metric, list(columns.values()), ordered, notes
+
+
+def display_label(doc: dict[str, Any]) -> str:
+    """A column label in the papers' style for one of our results files."""
+    method, variant = doc["method"], doc.get("variant", {})
+    attention = variant.get("attention") or "none"
+    att_name = ATTENTION_NAMES.get(attention, attention)
+    if method == "differnet":
+        label = "DifferNet" if attention == "none" else f"AttentDifferNet ({att_name})"
+        blocks = variant.get("blocks")
+        if attention != "none" and blocks and sorted(blocks) != [1, 2, 3]:
+            label = label[:-1] + ", " + "+".join(f"AB{b}" for b in sorted(blocks)) + ")"
+    elif method in ("simplenet", "efficientad"):
+        base = {"simplenet": "SimpleNet", "efficientad": "EfficientAD"}[method]
+        backbone = {"resnet18": "RN18"}.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
+        parts = [p for p in (backbone, None if attention == "none" else att_name) if p]
+        label = f"{base} ({'-'.join(parts)})" if parts else base
+    else:
+        label = method + ("" if attention == "none" else f" ({att_name})")
+    agg = doc.get("aggregation", {})
+    seeds = agg.get("seeds", [])
+    if len(seeds) > 1:
+        label += f" [{agg.get('report')} of {len(seeds)}]"
+    return label + " — ours"
+
+
+def our_column(doc: dict[str, Any], metric: str, source: str) -> Column:
+    values: dict[str, float | None] = {}
+    for row in doc["categories"]:
+        value = row.get(metric)
+        values[row["category"]] = None if value is None else 100.0 * value
+    mean = doc["mean"].get(metric)
+    values[MEAN] = None if mean is None else 100.0 * mean
+    return Column(display_label(doc), doc["method"], source, values, ours=True)
+
+
+def build_table(results: list[tuple[str, dict[str, Any]]], *, reference: str | None = None, metric: str | None = None,
+                underline_family: str | None = "differnet") -> Table:
+    """Combine published columns (``reference``) and our results files into one table."""
+    columns: list[Column] = []
+    rows: list[tuple[str, str]] = []
+    notes: list[str] = []
+    if reference:
+        ref_metric, columns, rows, notes = read_reference(reference)
+        if metric and metric != ref_metric:
+            raise ValueError(f"reference {reference} reports {ref_metric}, not {metric}")
+        metric = ref_metric
+    metric = metric or "image_auroc"
+    known = {c for c, _ in rows}
+    for source, doc in results:
+        col = our_column(doc, metric, source)
+        columns.append(col)
+        for category in col.values:
+            if category != MEAN and category not in known:
+                rows.append((category, category_title(category)))
+                known.add(category)
+        if reference:
+            missing = sorted({c for c, _ in rows} - set(col.values))
+            if missing:
+                notes.append(f"{col.label}: no result for {', '.join(missing)}; its mean is over its own categories")
+    rows.append((MEAN, "Average"))
+    return Table(metric, rows, columns, underline_family, notes)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def caption(table: Table) -> str:
+    return (f"{METRIC_TITLES.get(table.metric, table.metric)} in %. Bold: best in the row; underlined: best "
+            f"{FAMILY_NAMES.get(table.underline_family, table.underline_family)} variant.")
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"**{caption(table)}**", "", "| Category | " + " | ".join(c.label for c in table.columns) + " |",
+             "|---|" + "---:|" * len(table.columns)]
+    for category, title in table.rows:
+        bold, underline = table.marks(category)
+        cells = []
+        for i, col in enumerate(table.columns):
+            text = _fmt(col.values.get(category))
+            if i in underline:
+                text = f"<u>{text}</u>"
+            if i in bold:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.extend(f"- {line}" for line in _sources(table))
+    return "\n".join(lines) + "\n"
+
+
+def _sources(table: Table) -> list[str]:
+    by_source: dict[tuple[bool, str], list[str]] = {}
+    for col in table.columns:
+        by_source.setdefault((col.ours, col.source), []).append(col.label)
+    lines = [f"{'ours, from' if ours else 'published in'} {source}: {', '.join(labels)}"
+             for (ours, source), labels in by_source.items()]
+    return lines + table.notes
+
+
+def to_html(table: Table) -> str:
+    esc = html.escape
+    out = ["<table>", f"<caption>{esc(caption(table))}</caption>", "<thead><tr><th>Category</th>"
+           + "".join(f"<th>{esc(c.label)}</th>" for c in table.columns) + "</tr></thead>", "<tbody>"]
+    for category, title in table.rows:
+        bold, underline = table.marks(category)
+        cells = []
+        for i, col in enumerate(table.columns):
+            text = esc(_fmt(col.values.get(category)))
+            if i in underline:
+                text = f"<u>{text}</u>"
+            if i in bold:
+                text = f"<b>{text}</b>"
+            cells.append(f"<td>{text}</td>")
+        out.append(f"<tr><th>{esc(title)}</th>{''.join(cells)}</tr>")
+    out.append("</tbody>")
+    out.append("</table>")
+    out.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in _sources(table)) + "</ul>")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """Long format, one line per cell, with the bold/underline marks as 0/1 columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["metric", "category", "row", "column", "family", "ours", "source", "value_percent", "best", "best_in_family"])
+    for category, title in table.rows:
+        bold, underline = table.marks(category)
+        for i, col in enumerate(table.columns):
+            value = col.values.get(category)
+            writer.writerow([table.metric, category, title, col.label, col.family, int(col.ours), col.source,
+                             "" if value is None else f"{value:.2f}", int(i in bold), int(i in underline)])
+    return buffer.getvalue()
+
+
+FORMATS = {"md": to_markdown, "html": to_html, "csv": to_csv}
+
+
+def plot(table: Table, path: Path) -> None:
+    """A grouped bar chart: one group per row (category), one bar per column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n_rows, n_cols = len(table.rows), len(table.columns)
+    width = 0.8 / max(n_cols, 1)
+    fig, ax = plt.subplots(figsize=(min(24.0, max(8.0, 3.0 + n_rows * (0.18 * n_cols + 0.3))), 5.0))
+    x = np.arange(n_rows)
+    cmap = plt.get_cmap("tab20")
+    for j, col in enumerate(table.columns):
+        heights = [col.values.get(c) for c, _ in table.rows]
+        ys = [np.nan if h is None else h for h in heights]
+        ax.bar(x - 0.4 + width * (j + 0.5), ys, width, label=col.label, color=cmap(j % 20),
+               edgecolor="black" if col.ours else "none", linewidth=1.2 if col.ours else 0, hatch="//" if col.ours else None)
+    values = [v for col in table.columns for v in col.values.values() if v is not None]
+    low = min(values) if values else 0.0
+    ax.set_ylim(max(0.0, np.floor(low / 10) * 10 - 5), 100.5)
+    ax.set_xticks(x, [t for _, t in table.rows], rotation=30, ha="right")
+    ax.set_ylabel(f"{METRIC_TITLES.get(table.metric, table.metric)} [%]")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

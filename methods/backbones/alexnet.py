@@ -1,0 +1,89 @@
+"""AlexNet feature extractor with optional attention blocks AB1/AB2/AB3 (AttentDifferNet, seed 000 Fig. 2).
+
+The blocks sit after the ReLU of conv1 (64 ch), conv2 (192 ch) and conv5 (256 ch), each before the
+max-pool that follows it. Convolutions come from torchvision's ``alexnet().features``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import AlexNet_Weights
+
+from insplad_tools.errors import InspladError
+from methods.attention import ATTENTIONS, make_attention
+from methods.weights import load_state_dict
+
+# block number -> (index in alexnet().features after which it is applied, channels there)
+BLOCK_POSITIONS: dict[int, tuple[int, int]] = {1: (1, 64), 2: (4, 192), 3: (11, 256)}
+OUT_CHANNELS = 256
+
+
+def alexnet_features() -> nn.Sequential:
+    """The layers of torchvision's ``alexnet().features`` (same indices and state-dict keys), built
+    without the 58M-parameter classifier that ``alexnet()`` would also initialise."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+    )
+
+
+class AlexNetFeatures(nn.Module):
+    """``alexnet().features`` with attention blocks inserted at the chosen positions."""
+
+    def __init__(self, attention: str = "none", blocks: Iterable[int] = (1, 2, 3), **attention_kwargs: Any) -> None:
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise InspladError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+        blocks = tuple(sorted(set(int(b) for b in blocks)))
+        bad = [b for b in blocks if b not in BLOCK_POSITIONS]
+        if bad:
+            raise InspladError(f"attention blocks must be among 1, 2, 3 (AB1..AB3); got {bad}")
+        self.features = alexnet_features()
+        self.attention_kind = attention
+        self.blocks = blocks if attention != "none" else ()
+        self.attention = nn.ModuleDict({
+            str(b): make_attention(attention, BLOCK_POSITIONS[b][1], **attention_kwargs) for b in self.blocks
+        })
+        self._after = {BLOCK_POSITIONS[b][0]: str(b) for b in self.blocks}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            key = self._after.get(index)
+            if key is not None:
+                x = self.attention[key](x)
+        return x
+
+    def conv_parameters(self) -> list[nn.Parameter]:
+        return list(self.features.parameters())
+
+    def attention_parameters(self) -> list[nn.Parameter]:
+        return list(self.attention.parameters())
+
+
+def alexnet_extractor(attention: str = "none", blocks: Iterable[int] = (1, 2, 3), *, pretrained: bool = False,
+                      weights: str | Path | None = None, progress: bool = False, **attention_kwargs: Any) -> AlexNetFeatures:
+    """Build the extractor; convs from ImageNet (``pretrained``) or a state dict file (``weights``).
+
+    Attention blocks always start from their own random initialisation.
+    """
+    model = AlexNetFeatures(attention, blocks, **attention_kwargs)
+    state = load_state_dict(AlexNet_Weights.IMAGENET1K_V1, pretrained=pretrained, path=weights, progress=progress)
+    if state is not None:
+        conv_state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        if not conv_state:  # a file holding just the features' own state dict
+            conv_state = dict(state)
+        try:
+            model.features.load_state_dict(conv_state, strict=True)
+        except RuntimeError as exc:
+            source = weights if weights is not None else "ImageNet weights"
+            raise InspladError(f"{source}: does not fit AlexNet features ({str(exc).splitlines()[0]})") from exc
+    return model

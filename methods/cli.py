@@ -1,0 +1,209 @@
+"""``insplad benchmark``, ``insplad predict`` and ``insplad profile``: method-agnostic commands."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from insplad_tools.errors import InspladError
+from methods.registry import METHODS
+
+
+def _parse_options(pairs: tuple[str, ...], attention: str | None = None, blocks: str | None = None) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InspladError(f"--option {pair!r}: expected key=value")
+        options[key.strip()] = value.strip()
+    if attention is not None:
+        options["attention"] = attention
+    if blocks is not None:
+        options["blocks"] = blocks
+    return options
+
+
+def _fmt(value: float | None, std: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def _print_results(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    multi = len(doc["aggregation"]["seeds"]) > 1
+    table = Table(title=f"{doc['method']} ({doc['variant'].get('attention', '')}) on {doc['dataset']['name']} — "
+                        f"report: {doc['aggregation']['report']}")
+    table.add_column("category")
+    table.add_column("good/anom", justify="right")
+    for metric in ("image_auroc", "pixel_auroc", "aupro"):
+        table.add_column(metric.replace("_", " ") + (" mean ± std" if multi else ""), justify="right")
+        if multi:
+            table.add_column("best", justify="right")
+    for row in doc["categories"]:
+        cells = [row["category"], f"{row['n_test_good']}/{row['n_test_anomalous']}"]
+        for metric in ("image_auroc", "pixel_auroc", "aupro"):
+            if multi:
+                cells += [_fmt(row[f"{metric}_mean"], row[f"{metric}_std"]), _fmt(row[f"{metric}_best"])]
+            else:
+                cells.append(_fmt(row[metric]))
+        table.add_row(*cells)
+    mean = doc["mean"]
+    table.add_row("mean", "", *sum(([_fmt(mean[m])] + ([""] if multi else []) for m in ("image_auroc", "pixel_auroc", "aupro")), []),
+                  style="bold")
+    Console().print(table)
+
+
+@click.command("benchmark")
+@click.option("--method", required=True, type=click.Choice(sorted(METHODS)), help="Method to train (see the registry).")
+@click.option("--attention", type=click.Choice(["none", "se", "cbam"]), default=None,
+              help="Attention blocks in the backbone (method default when omitted).")
+@click.option("--blocks", default=None, metavar="1,2,3", help="Which attention blocks to insert (DifferNet: AB1..AB3).")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset root in MVTec AD layout.")
+@click.option("--category", "categories", multiple=True, help="Only this category (repeatable); default: all.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (method default when omitted).")
+@click.option("--image-size", type=click.IntRange(min=16), default=None, help="Square input size in pixels (method default).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size (method default).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="First random seed.")
+@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Independent runs with seeds seed..seed+N-1.")
+@click.option("--report", type=click.Choice(["best", "mean"]), default="best", show_default=True,
+              help="Per-category value reported over the runs (seed 000 reports the best of two).")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Method-specific option (repeatable), e.g. --option flow_width=512.")
+@click.option("--no-pretrained", is_flag=True, help="Randomly initialise the backbone instead of ImageNet weights.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Backbone state dict file to use instead of torchvision's ImageNet weights.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: results.json, predictions/, checkpoints/ (re-run to resume).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def benchmark(method, attention, blocks, data, categories, epochs, image_size, batch_size, device, seed, runs, report,
+              option_pairs, no_pretrained, weights, out, quiet) -> None:
+    """Train a method on train/good of every category, score test/*, write a checkable submission.
+
+    \b
+    Example (AttentDifferNet-SE on a built InsPLAD-fault set):
+      insplad benchmark --method differnet --attention se --data data/ --out runs/se
+      insplad leaderboard check runs/se --data data/
+    Re-running the same command on the same --out resumes an interrupted run.
+    Omitted --epochs/--image-size/--batch-size take the method's defaults
+    (differnet: 100 epochs, 448 px, batch 24, as seed 000 §4.2 and DifferNet).
+    Method knobs go through --option, e.g. differnet: flow_width, coupling_blocks,
+    clamp, n_transforms, n_transforms_test, lr, se_reduction, cbam_kernel,
+    cbam_reduction, cbam_residual, feature_norm (auto|none|rms).
+    """
+    from methods.benchmarking import BenchmarkConfig, run_benchmark
+
+    if weights is not None and no_pretrained:
+        raise InspladError("--weights and --no-pretrained exclude each other")
+    cfg = BenchmarkConfig(method=method, data=data, out=out, options=_parse_options(option_pairs, attention, blocks),
+                          categories=list(categories) or None, epochs=epochs, image_size=image_size,
+                          batch_size=batch_size, device=device, seed=seed, runs=runs, report=report,
+                          pretrained=not no_pretrained, weights=str(weights) if weights else None, progress=not quiet)
+    doc = run_benchmark(cfg, log=lambda line: click.echo(line, err=True))
+    _print_results(doc)
+    for note in doc["notes"]:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {out / 'results.json'}")
+
+
+def _overlay(image_path: Path, amap: np.ndarray, target: Path) -> None:
+    from PIL import Image
+
+    from methods.data import load_rgb
+
+    img = load_rgb(image_path)
+    lo, hi = float(amap.min()), float(amap.max())
+    norm = (amap - lo) / (hi - lo) if hi > lo else np.zeros_like(amap)
+    heat = np.asarray(Image.fromarray((norm * 255).astype(np.uint8)).resize(img.size, Image.BILINEAR), dtype=np.float32) / 255
+    base = np.asarray(img, dtype=np.float32)
+    red = np.zeros_like(base)
+    red[..., 0] = 255
+    alpha = 0.5 * heat[..., None]
+    Image.fromarray(np.clip(base * (1 - alpha) + red * alpha, 0, 255).astype(np.uint8)).save(target)
+
+
+@click.command("predict")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A finished checkpoint written by insplad benchmark (checkpoints/seed-<s>/<category>.pt).")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for scores.csv (and maps/*.npz + overlays/*.png for methods with maps).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def predict(checkpoint, images, out, device) -> None:
+    """Score IMAGES with a trained model; prints image,score CSV (higher = more anomalous)."""
+    from methods.base import resolve_device
+    from methods.registry import load_detector
+
+    detector = load_detector(checkpoint, resolve_device(device))
+    detector.run.progress = False
+    results = detector.predict(list(images))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "score", "map"])
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    for i, (path, result) in enumerate(zip(images, results)):
+        map_rel = ""
+        if out is not None and result.map is not None:
+            stem = f"{i:04d}_{path.stem}"
+            (out / "maps").mkdir(exist_ok=True)
+            (out / "overlays").mkdir(exist_ok=True)
+            np.savez_compressed(out / "maps" / f"{stem}.npz", map=np.asarray(result.map, dtype=np.float32))
+            _overlay(path, np.asarray(result.map, dtype=np.float32), out / "overlays" / f"{stem}.png")
+            map_rel = f"maps/{stem}.npz"
+        writer.writerow([str(path), f"{result.score:.8g}", map_rel])
+    click.echo(buffer.getvalue(), nl=False)
+    if out is not None:
+        from insplad_tools.fsutil import atomic_write_text
+
+        atomic_write_text(out / "scores.csv", buffer.getvalue())
+        click.echo(f"wrote {out / 'scores.csv'}", err=True)
+
+
+@click.command("profile")
+@click.option("--method", required=True, type=click.Choice(sorted(METHODS)), help="Method to profile.")
+@click.option("--attention", type=click.Choice(["none", "se", "cbam"]), default=None, help="Attention variant.")
+@click.option("--blocks", default=None, metavar="1,2,3", help="Which attention blocks (DifferNet: AB1..AB3).")
+@click.option("--image-size", type=click.IntRange(min=16), default=None, help="Input size (method default).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Method-specific option (repeatable).")
+@click.option("--batch-sizes", default="1,32", show_default=True, help="Comma-separated batch sizes to time.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed calls per batch size (median).")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+def profile(method, attention, blocks, image_size, device, option_pairs, batch_sizes, repeats, as_json) -> None:
+    """Trainable parameters, model size (MB) and inference latency at batch 1 and 32 (seed 003 Table 4)."""
+    from methods.profiling import profile_method
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError as exc:
+        raise InspladError(f"--batch-sizes {batch_sizes!r}: expected comma-separated integers") from exc
+    result = profile_method(method, _parse_options(option_pairs, attention, blocks), image_size=image_size,
+                            device=device, batch_sizes=sizes, repeats=repeats)
+    if as_json:
+        click.echo(json.dumps(result.__dict__, indent=1, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{method} ({result.variant.get('attention', '')}) at {result.image_size}px on "
+                        f"{result.device} ({result.device_name})")
+    table.add_column("aspect")
+    table.add_column("value", justify="right")
+    table.add_row("trainable parameters", f"{result.trainable_params:,}")
+    table.add_row("trainable size (MB, as stored)", f"{result.trainable_mb:.2f}")
+    table.add_row("model size (MB, all tensors to predict)", "-" if result.model_mb is None else f"{result.model_mb:.2f}")
+    for b, ms in result.latency_ms.items():
+        table.add_row(f"latency batch {b} (ms/batch)", f"{ms:.1f}")
+        table.add_row(f"latency batch {b} (ms/image)", f"{ms / b:.1f}")
+    Console().print(table)

@@ -1,0 +1,308 @@
+"""DifferNet / AttentDifferNet training and scoring (the :class:`~methods.base.Detector` of ``differnet``).
+
+What is trained, and by what:
+
+* DifferNet (``attention=none``): only the flow, by the flow's negative log-likelihood; the AlexNet
+  convolutions are frozen and run without gradients.
+* AttentDifferNet (``attention=se|cbam``): the flow and the attention blocks, jointly by the same
+  NLL; the AlexNet convolutions are frozen (``requires_grad=False``) but run *with* autograd so the
+  gradient reaches the attention blocks through them.
+
+Training uses ``n_transforms`` random rotations (uniform in [-180, 180) degrees, nearest, black
+corners) per image per epoch. Test scores use ``n_transforms_test`` *fixed* rotations ``i*360/T``
+(as the official ``evaluate.py``; the official ``train.py`` reuses random rotations, which makes
+scores stochastic): the score is the mean of ``z**2`` over the rotations and the dimensions.
+
+Degenerate solution: with trainable attention the NLL can be lowered by shrinking every feature (the
+flow's log-determinant then grows without an anomaly signal). The default ``feature_norm=auto``
+divides each scale's pooled features by their own RMS whenever attention is trained, so a global
+shrink no longer changes the flow input. Independently, every epoch measures the spread of the flow
+input on a fixed subset of training images against its value at initialisation; a fall below
+``collapse_ratio`` emits a :class:`DegenerateFeaturesWarning`, sets ``degenerate=1`` in the
+history, and adds a note to the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from insplad_tools.errors import InspladError
+from methods.backbones.alexnet import alexnet_extractor
+from methods.base import Detector, ImageResult
+from methods.data import load_rgb
+from methods.differnet.flow import differnet_flow
+from methods.differnet.model import DifferNetModel, nll_loss, normalize, rotate_batch
+
+
+class DegenerateFeaturesWarning(UserWarning):
+    """The flow input's spread collapsed during training: the likelihood is being gamed."""
+
+
+@dataclass
+class DifferNetOptions:
+    """Every knob of DifferNet/AttentDifferNet (defaults: DifferNet paper; attention: AttentDifferNet forks)."""
+
+    attention: str = "none"              # none | se | cbam
+    blocks: tuple[int, ...] = (1, 2, 3)  # which of AB1 (64 ch), AB2 (192 ch), AB3 (256 ch)
+    n_scales: int = 3                    # image at size, size/2, size/4 ...
+    feature_norm: str = "auto"           # auto (rms when attention is trained) | none | rms
+    flow_width: int = 2048
+    coupling_blocks: int = 8
+    clamp: float = 3.0
+    n_transforms: int = 4
+    n_transforms_test: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, ...] = (0.8, 0.8)
+    adam_eps: float = 1e-4
+    weight_decay: float = 1e-5
+    se_reduction: int = 2
+    cbam_reduction: int = 16
+    cbam_kernel: int = 49
+    cbam_residual: bool = True
+    collapse_ratio: float = 0.1          # flow-input spread below this fraction of its initial value = degenerate
+    monitor_images: int = 32             # training images used to measure that spread
+    test_chunk: int = 64                 # transformed images per forward pass when scoring
+
+
+class DifferNetDetector(Detector):
+    """DifferNet (Rudolph et al., WACV 2021) and AttentDifferNet (Vieira e Silva et al., WACV 2024)."""
+
+    name = "differnet"
+    produces_maps = False
+    Options = DifferNetOptions
+    default_epochs = 100       # seed 000 §4.2 (the DifferNet paper trains 192)
+    default_batch_size = 24
+    default_image_size = 448
+
+    def __init__(self, options: DifferNetOptions, run) -> None:
+        super().__init__(options, run)
+        self._validate()
+        self.model: DifferNetModel | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.train_images: torch.Tensor | None = None
+        self.reference_spread: float = -1.0
+        self.notes: list[str] = []
+        self._finished = False
+
+    # -- construction --------------------------------------------------------------------------
+    def _validate(self) -> None:
+        o = self.options
+        if o.attention not in ("none", "se", "cbam"):
+            raise InspladError(f"differnet: attention must be none, se or cbam, got {o.attention!r}")
+        if o.feature_norm not in ("auto", "none", "rms"):
+            raise InspladError(f"differnet: feature_norm must be auto, none or rms, got {o.feature_norm!r}")
+        smallest = self.run.image_size // 2 ** (o.n_scales - 1)
+        if o.n_scales < 1 or smallest < 63:
+            raise InspladError(f"differnet: image size {self.run.image_size} with n_scales={o.n_scales} gives a "
+                               f"{smallest}px scale; AlexNet needs at least 63px (raise --image-size or lower n_scales)")
+        for key in ("flow_width", "coupling_blocks", "n_transforms", "n_transforms_test", "test_chunk"):
+            if getattr(o, key) < 1:
+                raise InspladError(f"differnet: option {key} must be at least 1")
+
+    @property
+    def trains_attention(self) -> bool:
+        return self.options.attention != "none" and len(self.options.blocks) > 0
+
+    @property
+    def feature_norm(self) -> str:
+        if self.options.feature_norm == "auto":
+            return "rms" if self.trains_attention else "none"
+        return self.options.feature_norm
+
+    def _attention_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        if o.attention == "se":
+            return {"reduction": o.se_reduction, "bias": False}
+        if o.attention == "cbam":
+            return {"reduction": o.cbam_reduction, "kernel_size": o.cbam_kernel, "mlp_bias": False,
+                    "spatial_bn": False, "residual": o.cbam_residual}
+        return {}
+
+    def _build(self, pretrained: bool, weights: str | None) -> None:
+        o = self.options
+        extractor = alexnet_extractor(o.attention, o.blocks, pretrained=pretrained, weights=weights,
+                                      **self._attention_kwargs())
+        for p in extractor.conv_parameters():
+            p.requires_grad_(False)
+        flow = differnet_flow(256 * o.n_scales, o.coupling_blocks, o.flow_width, o.clamp)
+        self.model = DifferNetModel(extractor, flow, o.n_scales, self.feature_norm).to(self.device)
+
+    def _ensure_model(self) -> DifferNetModel:
+        if self.model is None:
+            self._build(pretrained=False, weights=None)  # weights come from a checkpoint
+        return self.model
+
+    def _trainable(self) -> list[nn.Parameter]:
+        model = self._ensure_model()
+        return list(model.flow.parameters()) + model.extractor.attention_parameters()
+
+    # -- training ------------------------------------------------------------------------------
+    def setup(self, train_images: Sequence[Path]) -> None:
+        self._build(pretrained=self.run.pretrained, weights=self.run.weights)
+        o = self.options
+        params = [p for p in self._trainable() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps,
+                                          weight_decay=o.weight_decay)
+        self.train_images = torch.stack([_load_uint8(p, self.run.image_size) for p in train_images])
+        self._finished = False
+        if self.trains_attention:
+            self.reference_spread = self._flow_input_spread()
+
+    def _flow_input_spread(self) -> float:
+        """Mean over dimensions of the std over images of the flow input, on a fixed training subset."""
+        subset = self.train_images[: max(2, self.options.monitor_images)]
+        if len(subset) < 2:
+            return -1.0
+        model = self.model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            feats = torch.cat([model.features(normalize(self._to_device(subset[i:i + 16])))
+                               for i in range(0, len(subset), 16)])
+        model.train(was_training)
+        return float(feats.std(dim=0, unbiased=False).mean())
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, non_blocking=True).float().div_(255.0)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        o, model = self.options, self.model
+        model.train()
+        # A generator per (seed, epoch) makes the order and the angles independent of anything
+        # else that used the global RNG, so a resumed run sees exactly the same batches.
+        gen = torch.Generator().manual_seed(int(self.run.seed) * 1_000_003 + epoch)
+        order = torch.randperm(len(self.train_images), generator=gen)
+        losses = []
+        for batch_index, start in enumerate(range(0, len(order), self.run.batch_size)):
+            idx = order[start:start + self.run.batch_size]
+            images = self._to_device(self.train_images[idx]).repeat_interleave(o.n_transforms, dim=0)
+            angles = torch.rand(len(images), generator=gen) * 360.0 - 180.0
+            batch = normalize(rotate_batch(images, angles))
+            with torch.set_grad_enabled(True):
+                if self.trains_attention:
+                    z, log_jac_det, _ = model(batch)
+                else:
+                    with torch.no_grad():
+                        feats = model.features(batch)
+                    z, log_jac_det = model.flow(feats)
+                loss = nll_loss(z, log_jac_det)
+            if not torch.isfinite(loss):
+                raise InspladError(
+                    f"differnet: training diverged at epoch {epoch + 1}, batch {batch_index + 1}: the flow produced a "
+                    f"non-finite loss ({loss.item()}); lower the learning rate (--option lr=...) or check the images")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+        logs = {"loss": float(np.mean(losses))}
+        if self.trains_attention and self.reference_spread > 0:
+            ratio = self._flow_input_spread() / self.reference_spread
+            logs["feature_spread"] = ratio
+            logs["degenerate"] = float(ratio < o.collapse_ratio)
+            if ratio < o.collapse_ratio and not any(n.startswith("degenerate") for n in self.notes):
+                message = (f"degenerate features at epoch {epoch + 1}: the flow input's spread fell to {ratio:.3g} of its "
+                           f"initial value (attention shrinks the features to raise the likelihood; "
+                           f"feature_norm={self.feature_norm})")
+                self.notes.append(message)
+                warnings.warn(f"differnet: {message}", DegenerateFeaturesWarning, stacklevel=2)
+        return logs
+
+    def finish_training(self) -> None:
+        self._finished = True
+        self.optimizer = None  # not needed to predict; keeps finished checkpoints small
+        self.train_images = None
+
+    # -- scoring -------------------------------------------------------------------------------
+    def test_angles(self) -> torch.Tensor:
+        t = self.options.n_transforms_test
+        return torch.arange(t, dtype=torch.float32) * (360.0 / t)
+
+    @torch.no_grad()
+    def score_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores of preprocessed-free images (B, 3, H, W) in [0, 1]: mean z^2 over the fixed rotations."""
+        model = self._ensure_model()
+        model.eval()
+        angles = self.test_angles()
+        total = torch.zeros(len(images), dtype=torch.float64, device=self.device)
+        reps = images.repeat_interleave(len(angles), dim=0)
+        all_angles = angles.repeat(len(images))
+        owner = torch.arange(len(images), device=self.device).repeat_interleave(len(angles))
+        for start in range(0, len(reps), self.options.test_chunk):
+            chunk = normalize(rotate_batch(reps[start:start + self.options.test_chunk],
+                                           all_angles[start:start + self.options.test_chunk]))
+            z, _, _ = model(chunk)
+            total.index_add_(0, owner[start:start + self.options.test_chunk], z.double().pow(2).mean(dim=1))
+        return total / len(angles)
+
+    def predict(self, images: Sequence[Path]) -> list[ImageResult]:
+        self._ensure_model()
+        per_batch = max(1, self.options.test_chunk // self.options.n_transforms_test)
+        from tqdm.auto import tqdm
+
+        results: list[ImageResult] = []
+        bar = tqdm(total=len(images), desc=f"{self.name} score", unit="img", disable=not self.run.progress, leave=False)
+        for start in range(0, len(images), per_batch):
+            paths = list(images[start:start + per_batch])
+            batch = self._to_device(torch.stack([_load_uint8(p, self.run.image_size) for p in paths]))
+            scores = self.score_batch(batch).cpu()
+            for path, score in zip(paths, scores.tolist()):
+                if not math.isfinite(score):
+                    raise InspladError(f"{path}: differnet produced a non-finite score ({score}); the flow is unstable")
+                results.append(ImageResult(score=score))
+            bar.update(len(paths))
+        bar.close()
+        return results
+
+    def profile_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Inference on a batch of images in [0, 1] at ``image_size``: all test rotations, scores out."""
+        return self.score_batch(batch.to(self.device))
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        model = self._ensure_model()
+        state: dict[str, Any] = {
+            "extractor": {k: v.detach().cpu() for k, v in model.extractor.state_dict().items()},
+            "flow": {k: v.detach().cpu() for k, v in model.flow.state_dict().items()},
+            "reference_spread": float(self.reference_spread),
+            "notes": list(self.notes),
+        }
+        if self.optimizer is not None and not self._finished:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        model = self._ensure_model()
+        model.extractor.load_state_dict(state["extractor"])
+        model.flow.load_state_dict(state["flow"])
+        self.reference_spread = float(state.get("reference_spread", -1.0))
+        self.notes = list(state.get("notes", []))
+        if self.optimizer is not None and "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    def trainable_modules(self) -> list[nn.Module]:
+        model = self._ensure_model()
+        return [model.flow, model.extractor.attention]
+
+    def variant(self) -> dict[str, Any]:
+        info = dataclasses.asdict(self.options)
+        info["blocks"] = list(self.options.blocks) if self.trains_attention else []
+        info["betas"] = list(self.options.betas)
+        info["feature_norm"] = self.feature_norm
+        return {"backbone": "alexnet", **info}
+
+
+def _load_uint8(path: Path, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    img = load_rgb(Path(path)).resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()

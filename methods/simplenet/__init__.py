@@ -1,0 +1,1 @@
+"""SimpleNet (Liu et al., CVPR 2023) with an (SE-/CBAM-)ResNet-18 feature extractor."""

@@ -1,0 +1,246 @@
+"""SimpleNet training and inference behind the shared :class:`~methods.base.Detector` contract.
+
+Defaults follow the official code (``DonaldRR/SimpleNet``) with a ResNet-18 backbone: layer2+layer3,
+1536-d embeddings, adaptor AdamW 1e-4, discriminator (1024 hidden) Adam 2e-4 / wd 1e-5, Gaussian
+noise sigma 0.015, truncated L1 with margin 0.5, 160 epochs (40 meta-epochs x 4), batch 8, 288 px.
+Deviation: images are resized to ``image_size`` square (no 329->288 centre crop) so maps cover the
+whole image. The last epoch is reported (no test-set model selection).
+
+Attention (SE/CBAM-ResNet-18): the backbone convolutions and BatchNorms keep their ImageNet weights
+(frozen), while the attention blocks, new and randomly initialised, are trained jointly with the
+adaptor and discriminator by the same loss (gradients flow through the frozen convs), AdamW at
+``attention_lr``. ``train_attention=false`` leaves them at their random init instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from insplad_tools.errors import InspladError
+from methods.attention import ATTENTIONS
+from methods.backbones.resnet import resnet18_extractor
+from methods.base import Detector, ImageResult, RunConfig
+from methods.data import IMAGENET_MEAN, IMAGENET_STD, load_rgb, to_tensor
+from methods.simplenet.model import SimpleNetModel
+
+
+@dataclass
+class SimpleNetOptions:
+    attention: str = "none"  # none | se | cbam inside every ResNet-18 BasicBlock
+    pretrain_embed_dim: int = 1536  # per-layer pooled dimension
+    target_embed_dim: int = 1536  # d: embedding, adaptor and discriminator input
+    dsc_hidden: int = 1024
+    patch_size: int = 3
+    noise_std: float = 0.015
+    dsc_margin: float = 0.5
+    adaptor_lr: float = 1e-4
+    adaptor_weight_decay: float = 0.01
+    dsc_lr: float = 2e-4
+    dsc_weight_decay: float = 1e-5
+    train_attention: bool = True
+    attention_lr: float = 1e-4
+    map_sigma: float = 4.0
+
+
+def load_images_uint8(paths: Sequence[Path], size: int, progress: bool = False, desc: str = "load") -> torch.Tensor:
+    """Images resized to ``size`` as one (N, 3, size, size) uint8 tensor (compact for caching a train set)."""
+    tensors = [(to_tensor(load_rgb(Path(p)), size, normalize=False) * 255).round().to(torch.uint8)
+               for p in tqdm(paths, desc=desc, unit="img", disable=not progress, leave=False)]
+    return torch.stack(tensors) if tensors else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+
+def normalise(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (or [0, 1] float) batch -> ImageNet-normalised float batch on the same device."""
+    x = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def calibrate_batchnorm(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """Set a randomly initialised trunk's BatchNorm statistics to the training images' (cumulative average).
+
+    A random ResNet keeps running mean 0 / variance 1, so its eval-mode BatchNorms do not normalise
+    and deep activations drift in scale; estimating the statistics once makes its features usable.
+    """
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [(m, m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for start in range(0, images.shape[0], max(2, batch_size)):
+        backbone(normalise(images[start:start + max(2, batch_size)].to(device)), ("layer3",))
+    for m, momentum, training in saved:
+        m.momentum = momentum
+        m.train(training)
+
+
+class SimpleNetDetector(Detector):
+    """SimpleNet on (SE-/CBAM-)ResNet-18 features; image scores and pixel maps."""
+
+    name = "simplenet"
+    produces_maps = True
+    Options = SimpleNetOptions
+    default_epochs = 160
+    default_batch_size = 8
+    default_image_size = 288
+
+    def __init__(self, options: SimpleNetOptions, run: RunConfig) -> None:
+        super().__init__(options, run)
+        if options.attention not in ATTENTIONS:
+            raise InspladError(f"unknown attention {options.attention!r}; choose one of {', '.join(ATTENTIONS)}")
+        for key in ("pretrain_embed_dim", "target_embed_dim", "dsc_hidden", "patch_size"):
+            if getattr(options, key) < 1:
+                raise InspladError(f"option {key} must be >= 1")
+        if options.patch_size % 2 == 0:
+            raise InspladError("option patch_size must be odd")
+        self.model: SimpleNetModel | None = None
+        self.backbone_source = "unset"
+        self.optimisers: list[torch.optim.Optimizer] = []
+        self.train_data: torch.Tensor | None = None
+
+    # -- construction ---------------------------------------------------------------------------
+    def _build(self, pretrained: bool) -> SimpleNetModel:
+        o, run = self.options, self.run
+        backbone = resnet18_extractor(o.attention, pretrained=pretrained, weights=run.weights if pretrained else None,
+                                      last_layer="layer3", progress=run.progress)
+        if run.weights is not None and pretrained:
+            self.backbone_source = f"weights file {Path(run.weights).name}"
+        else:
+            self.backbone_source = "imagenet" if pretrained else "random"
+        model = SimpleNetModel(backbone, o.pretrain_embed_dim, o.target_embed_dim, o.dsc_hidden, o.patch_size, o.map_sigma)
+        for p in backbone.attention_parameters():
+            p.requires_grad_(o.train_attention)
+        return model.to(self.device)
+
+    def _ensure_model(self) -> SimpleNetModel:
+        """The model; built untrained (random backbone) for profiling when neither trained nor loaded."""
+        if self.model is None:
+            self.model = self._build(pretrained=False)
+        return self.model
+
+    # -- Detector API ---------------------------------------------------------------------------
+    def setup(self, train_images: Sequence[Path]) -> None:
+        if len(train_images) < 1:
+            raise InspladError("SimpleNet needs at least one training image")
+        self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
+        o = self.options
+        self.optimisers = [
+            torch.optim.AdamW(self.model.adaptor.parameters(), lr=o.adaptor_lr, weight_decay=o.adaptor_weight_decay),
+            torch.optim.Adam(self.model.discriminator.parameters(), lr=o.dsc_lr, weight_decay=o.dsc_weight_decay),
+        ]
+        attention = [p for p in self.model.backbone.attention_parameters() if p.requires_grad]
+        if attention:
+            self.optimisers.append(torch.optim.AdamW(attention, lr=o.attention_lr, weight_decay=o.adaptor_weight_decay))
+        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "simplenet load")
+        if self.backbone_source == "random":
+            calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        assert self.model is not None and self.train_data is not None, "setup() first"
+        model, o = self.model, self.options
+        model.train()
+        n = self.train_data.shape[0]
+        order = torch.randperm(n)
+        totals = {"loss": 0.0, "p_true": 0.0, "p_fake": 0.0}
+        steps = 0
+        for start in range(0, n, self.run.batch_size):
+            idx = order[start:start + self.run.batch_size]
+            images = normalise(self.train_data[idx].to(self.device))
+            emb, _ = model.embed(images)
+            true_feats = model.adaptor(emb)
+            fake_feats = true_feats + o.noise_std * torch.randn_like(true_feats)
+            scores = model.discriminator(torch.cat([true_feats, fake_feats]))
+            true_scores, fake_scores = scores[: len(true_feats)], scores[len(true_feats):]
+            loss = (torch.clamp(o.dsc_margin - true_scores, min=0).mean()
+                    + torch.clamp(o.dsc_margin + fake_scores, min=0).mean())
+            for opt in self.optimisers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in self.optimisers:
+                opt.step()
+            with torch.no_grad():
+                totals["loss"] += float(loss)
+                totals["p_true"] += float((true_scores >= o.dsc_margin).float().mean())
+                totals["p_fake"] += float((fake_scores < -o.dsc_margin).float().mean())
+            steps += 1
+        return {k: v / max(steps, 1) for k, v in totals.items()}
+
+    def finish_training(self) -> None:
+        self.train_data = None  # free the cached images
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Path]) -> list[ImageResult]:
+        if self.model is None:
+            raise InspladError("SimpleNet: train (fit) or load a checkpoint before predicting")
+        model = self.model
+        model.eval()
+        results: list[ImageResult] = []
+        size, bs = self.run.image_size, max(1, self.run.batch_size)
+        paths = list(images)
+        for start in tqdm(range(0, len(paths), bs), desc="simplenet predict", unit="batch",
+                          disable=not self.run.progress, leave=False):
+            batch = load_images_uint8(paths[start:start + bs], size)
+            scores, maps = model(normalise(batch.to(self.device)))
+            for s, m in zip(scores.cpu().numpy(), maps.cpu().numpy()):
+                results.append(ImageResult(score=float(s), map=m.astype(np.float32)))
+        return results
+
+    @torch.no_grad()
+    def profile_forward(self, batch: torch.Tensor) -> Any:
+        model = self._ensure_model()
+        model.eval()
+        return model(batch.to(self.device))
+
+    def state(self) -> dict[str, Any]:
+        model = self._ensure_model()
+        return {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimisers": [opt.state_dict() for opt in self.optimisers],
+            "backbone_source": self.backbone_source,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        model = self._ensure_model()
+        model.load_state_dict(state["model"])
+        self.backbone_source = str(state.get("backbone_source", "unknown"))
+        if self.optimisers and state.get("optimisers"):
+            for opt, saved in zip(self.optimisers, state["optimisers"]):
+                opt.load_state_dict(saved)
+
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        model = self._ensure_model()
+        modules: list[torch.nn.Module] = [model.adaptor, model.discriminator]
+        if self.options.train_attention:
+            modules.extend(model.attention_modules())
+        return modules
+
+    def variant(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "backbone": "resnet18", "attention": o.attention, "layers": list(SimpleNetModel.layers),
+            "embed_dim": o.target_embed_dim, "pretrain_embed_dim": o.pretrain_embed_dim, "dsc_hidden": o.dsc_hidden,
+            "noise_std": o.noise_std, "dsc_margin": o.dsc_margin,
+            "attention_training": ("none" if o.attention == "none" else
+                                   "joint with adaptor/discriminator, backbone convs frozen" if o.train_attention
+                                   else "frozen at random init"),
+        }
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.backbone_source == "random":
+            notes.append("ResNet-18 backbone randomly initialised (--no-pretrained): not comparable to ImageNet runs")
+        if self.options.attention != "none" and self.options.train_attention:
+            notes.append(f"{self.options.attention.upper()} blocks trained from scratch with the SimpleNet loss "
+                         "(backbone convs frozen at their initial weights)")
+        notes.append("images resized to image_size without SimpleNet's 329->288 centre crop")
+        return notes
