@@ -72,11 +72,19 @@ def _check_maps(preds: CategoryPredictions, problems: list[str]) -> bool:
     return ok
 
 
+def _mismatch(claimed: Any, actual: float | None) -> bool:
+    """True unless ``claimed`` equals ``actual`` within the tolerance (both None counts as equal)."""
+    if claimed is None or actual is None:
+        return (claimed is None) != (actual is None)
+    ok_type = isinstance(claimed, (int, float)) and not isinstance(claimed, bool)
+    return not ok_type or not abs(claimed - actual) <= TOLERANCE
+
+
 def _compare_run(name: str, seed: int, claimed: dict, got: dict, problems: list[str]) -> None:
     for metric in METRICS:
-        a, b = claimed.get(metric), got.get(metric)
-        if (a is None) != (b is None) or (a is not None and abs(a - b) > TOLERANCE):
-            problems.append(f"categories[{name}].runs[seed={seed}].{metric}: claims {a!r} but the predictions give {b!r}")
+        if _mismatch(claimed.get(metric), got.get(metric)):
+            problems.append(f"categories[{name}].runs[seed={seed}].{metric}: claims {claimed.get(metric)!r} "
+                            f"but the predictions give {got.get(metric)!r}")
 
 
 def _compare_counts(row: dict, category: mvtec.Category, problems: list[str]) -> None:
@@ -105,7 +113,8 @@ def check_submission(submission: Path, dataset_root: Path, *, thresholds: int | 
         return problems + [exc.message]
     claimed_sha = doc.get("dataset", {}).get("manifest_sha256") if isinstance(doc.get("dataset"), dict) else None
     if claimed_sha != digest:
-        problems.append(f"dataset.manifest_sha256: {claimed_sha!r} does not match the dataset at {dataset_root} ({digest})")
+        problems.append(f"dataset.manifest_sha256: {claimed_sha!r} does not match the dataset at {dataset_root} "
+                        f"({digest})")
     rows = {r["category"]: r for r in doc["categories"] if isinstance(r, dict) and isinstance(r.get("category"), str)}
     unknown = sorted(set(rows) - set(dataset_names))
     if unknown:
@@ -123,7 +132,8 @@ def check_submission(submission: Path, dataset_root: Path, *, thresholds: int | 
         runs = run_dirs(submission)
     except PredictionsError as exc:
         return problems + [exc.message]
-    seeds = doc["aggregation"].get("seeds") or []
+    seeds = doc["aggregation"].get("seeds")
+    seeds = [s for s in seeds if isinstance(s, int) and not isinstance(s, bool)] if isinstance(seeds, list) else []
     for seed in sorted(set(seeds) - set(runs), key=str):
         problems.append(f"{predictions}/seed-{seed}: missing (aggregation.seeds lists it)")
     for seed in sorted(set(runs) - set(seeds)):
@@ -180,19 +190,16 @@ def check_submission(submission: Path, dataset_root: Path, *, thresholds: int | 
 
     # Aggregates from the recomputed runs (only where every run could be scored).
     report = doc["aggregation"].get("report")
-    complete = {n: r for n, r in recomputed.items() if len(r) == len(set(seeds)) and r}
+    complete = {n: r for n, r in recomputed.items() if r and len(r) == len(set(seeds))}
     if report in ("best", "mean"):
         for name, runs_got in complete.items():
             for key, value in aggregate_runs(runs_got, report).items():
-                claimed_value = rows[name].get(key)
-                if (claimed_value is None) != (value is None) or (
-                        value is not None and (not isinstance(claimed_value, (int, float)) or abs(claimed_value - value) > TOLERANCE)):
-                    problems.append(f"categories[{name}].{key}: claims {claimed_value!r} but the predictions give {value!r}")
+                if _mismatch(rows[name].get(key), value):
+                    problems.append(f"categories[{name}].{key}: claims {rows[name].get(key)!r} "
+                                    f"but the predictions give {value!r}")
         if len(complete) == len(rows) and isinstance(doc.get("mean"), dict):
             rebuilt = [dict(category=n, **aggregate_runs(r, report)) for n, r in complete.items()]
             for metric, value in mean_row(rebuilt).items():
-                claimed_value = doc["mean"].get(metric)
-                if (claimed_value is None) != (value is None) or (
-                        value is not None and (not isinstance(claimed_value, (int, float)) or abs(claimed_value - value) > TOLERANCE)):
-                    problems.append(f"mean.{metric}: claims {claimed_value!r} but the predictions give {value!r}")
+                if _mismatch(doc["mean"].get(metric), value):
+                    problems.append(f"mean.{metric}: claims {doc['mean'].get(metric)!r} but the predictions give {value!r}")
     return list(dict.fromkeys(problems))

@@ -93,7 +93,7 @@ def leaderboard() -> None:
               help="Per-category value over seeds: best run (seed 000's best of two) or mean. "
                    "Default: the submission's own choice, else best.")
 @click.option("--thresholds", type=click.IntRange(min=2), default=None,
-              help="Binned AUPRO with about this many thresholds (faster, bounded memory; "
+              help="Binned AUPRO with about this many thresholds (bounded memory; "
                    "error <= largest FPR step / 0.3). Default: exact.")
 @click.option("--category", "categories", multiple=True, help="Score only this category (repeatable).")
 def score(pred_dir: Path, data: Path, out: Path | None, method: str | None, seed: int, report: str | None,

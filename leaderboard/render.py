@@ -134,6 +134,8 @@ def build_table(results: list[tuple[str, dict[str, Any]]], *, reference: str | N
             if category != MEAN and category not in known:
                 rows.append((category, category_title(category)))
                 known.add(category)
+        for note in list(dict.fromkeys(doc.get("notes") or []))[:5]:
+            notes.append(f"{col.label}: {note}")
         if reference:
             missing = sorted({c for c, _ in rows} - set(col.values))
             if missing:

@@ -22,7 +22,8 @@
       "notes": ["free text, e.g. 'teacher randomly initialised (--no-pretrained)'"]
     }
 
-Metric values are fractions in [0, 1] (tables print them as percentages). ``null`` means the
+The full field reference is ``leaderboard/SCHEMA.md``. Metric values are fractions in [0, 1]
+(tables print them as percentages). ``null`` means the
 method or dataset has no such number (no maps, or no masks). The reported per-category value
 is the best run (``report: best``, as seed 000 reports the best of two runs) or the mean.
 """

@@ -74,7 +74,8 @@ class BenchmarkConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the one that started the folder."""
-        return {"method": self.method, "options": {k: str(v) for k, v in sorted(self.options.items())},
+        return {"method": self.method, "categories": sorted(self.categories) if self.categories else None,
+                "options": {k: str(v) for k, v in sorted(self.options.items())},
                 "epochs": self.epochs, "image_size": self.image_size, "batch_size": self.batch_size,
                 "pretrained": self.pretrained, "weights": self.weights}
 

@@ -122,7 +122,7 @@ def small_cases(draw):
     return masks, maps
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(small_cases(), st.sampled_from([0.3, 0.05, 1.0]))
 def test_matches_brute_force_definition(case, limit):
     masks, maps = case

@@ -231,3 +231,15 @@ def test_score_command_reproduces_the_submission(sub, toy_dataset, tmp_path):
     for a, b in zip(ours["categories"], theirs["categories"]):
         assert a["runs"] == b["runs"]
     assert "disc" in result.output and "mean" in result.output
+
+
+def test_results_file_symlinked_outside_is_refused(sub, toy_dataset, tmp_path):
+    outside = tmp_path / "elsewhere.json"
+    shutil.move(sub / "results.json", outside)
+    (sub / "results.json").symlink_to(outside)
+    assert "results.json: resolves outside the submission folder" in problems_of(sub, toy_dataset)
+
+
+def test_predictions_for_an_unlisted_category_are_reported(sub, toy_dataset):
+    shutil.copytree(sub / "predictions/seed-0/disc", sub / "predictions/seed-0/extra")
+    assert "seed-0/extra: predictions for a category that results.json does not list" in problems_of(sub, toy_dataset)

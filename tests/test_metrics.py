@@ -34,7 +34,7 @@ def brute_f1(labels, scores):
 labelled = st.lists(st.tuples(st.booleans(), st.integers(0, 8)), min_size=2, max_size=30)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(labelled)
 def test_image_auroc_and_f1_match_brute_force(pairs):
     labels = [y for y, _ in pairs]
@@ -44,7 +44,7 @@ def test_image_auroc_and_f1_match_brute_force(pairs):
     assert f1_max(labels, scores) == pytest.approx(brute_f1(labels, scores), abs=1e-12)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(labelled)
 def test_auroc_and_f1_unchanged_by_monotone_transforms(pairs):
     labels = np.array([y for y, _ in pairs])

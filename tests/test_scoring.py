@@ -111,3 +111,24 @@ def test_resize_bilinear_matches_half_pixel_interpolation():
     assert up[0].tolist() == pytest.approx([0.0, 0.25, 0.75, 1.0])
     assert up[:, 0].tolist() == pytest.approx([0.0, 0.5, 1.5, 2.0])
     assert np.all(resize_bilinear(np.full((5, 7), 0.3, np.float32), (13, 3)) == np.float32(0.3))
+
+
+def test_score_command_on_a_run_folder_writes_valid_results(tmp_path, toy_dataset):
+    from click.testing import CliRunner
+
+    from leaderboard.cli import leaderboard
+    from leaderboard.results import load_results
+
+    run = tmp_path / "run"
+    for name, cat in mvtec.read_dataset(toy_dataset).items():
+        write(run, cat, [(s.rel, float(s.label), mask_of(s)) for s in cat.test])
+    out = tmp_path / "results.json"
+    result = CliRunner().invoke(leaderboard, ["score", str(run), "--data", str(toy_dataset), "--method", "oracle",
+                                              "--seed", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = load_results(out)
+    assert doc["method"] == "oracle" and doc["aggregation"]["seeds"] == [3]
+    assert doc["dataset"]["manifest_sha256"] == mvtec.dataset_digest(toy_dataset)
+    assert doc["mean"] == {"image_auroc": 1.0, "pixel_auroc": 1.0, "aupro": 1.0}
+    result = CliRunner().invoke(leaderboard, ["score", str(tmp_path), "--data", str(toy_dataset)])
+    assert result.exit_code != 0 and "neither a run folder" in result.output

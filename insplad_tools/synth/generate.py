@@ -100,8 +100,8 @@ class SynthSummary:
     seconds: float = 0.0
 
     def describe(self) -> str:
-        lines = [f"SYNTHETIC raw set: {self.frames} frames of {self.towers} towers in {self.flights} flights "
-                 f"-> {self.raw_dir}"]
+        lines = [f"SYNTHETIC raw set -> {self.raw_dir}: {self.frames} frame(s), {self.towers} tower(s), "
+                 f"{self.flights} flight(s)"]
         for cls, counts in self.objects.items():
             detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             lines.append(f"  {cls:34s} {sum(counts.values()):5d}  ({detail})")

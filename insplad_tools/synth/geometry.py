@@ -56,8 +56,7 @@ def blob(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float, n
     wobble = np.zeros(n)
     for k in (2, 3, 5):  # a few low harmonics keep the outline organic, not spiky
         wobble += rng.uniform(-1, 1) * np.cos(k * t + rng.uniform(0, 2 * math.pi)) / k
-    radius = 1.0 + roughness * wobble / 1.0
-    radius = np.clip(radius, 0.45, 1.6)
+    radius = np.clip(1.0 + roughness * wobble, 0.45, 1.6)
     return np.stack([cx + rx * radius * np.cos(t), cy + ry * radius * np.sin(t)], axis=1)
 
 

@@ -81,6 +81,9 @@ def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return out
 
 
+_LOW = 8  # the background is computed at 1/_LOW of the frame size (cell sizes below are in those pixels)
+
+
 def _upscale(img: Image.Image, width: int, height: int) -> Image.Image:
     """Smooth upscaling at half the cost: bilinear to half size, then pixel doubling (hidden by the grain)."""
     half = img.resize(((width + 1) // 2, (height + 1) // 2), Image.BILINEAR)
@@ -90,7 +93,7 @@ def _upscale(img: Image.Image, width: int, height: int) -> Image.Image:
 def render_background(rng: np.random.Generator, width: int, height: int, look: TowerLook,
                       cast: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Image.Image:
     """Sky with clouds and/or defocused ground, seen by a tilted drone camera."""
-    lw, lh = max(8, width // 5), max(8, height // 5)
+    lw, lh = max(8, width // _LOW), max(8, height // _LOW)
     ys, xs = np.mgrid[0:lh, 0:lw].astype(np.float32)
     u, v = xs / lw, ys / lh
     # The horizon is a tilted line; frames that look down put it above the top edge.
@@ -105,13 +108,13 @@ def render_background(rng: np.random.Generator, width: int, height: int, look: T
     sky = _mix(np.array(look.sky_horizon, np.float32)[None, None], np.array(look.sky_top, np.float32)[None, None],
                sky_t)
     if look.cloudiness > 0.05:
-        clouds = value_noise(rng, lw, lh, (48, 12))
+        clouds = value_noise(rng, lw, lh, (30, 8))
         cover = np.clip((clouds - (1.0 - look.cloudiness) * 0.75) * 3.0, 0, 1)
-        shade = 0.82 + 0.18 * value_noise(rng, lw, lh, (16,))
+        shade = 0.82 + 0.18 * value_noise(rng, lw, lh, (10,))
         sky = _mix(sky, np.stack([shade * 245, shade * 246, shade * 250], -1), cover)
 
-    field = value_noise(rng, lw, lh, (30, 8, 2))
-    patches = value_noise(rng, lw, lh, (60,))
+    field = value_noise(rng, lw, lh, (19, 5, 2))
+    patches = value_noise(rng, lw, lh, (38,))
     ground = _mix(np.array(look.ground, np.float32)[None, None], np.array(look.ground_alt, np.float32)[None, None],
                   np.clip((patches - 0.45) * 3.0, 0, 1))
     ground = ground * (0.62 + 0.6 * field)[..., None]
@@ -123,9 +126,7 @@ def render_background(rng: np.random.Generator, width: int, height: int, look: T
     low = _mix(sky, ground, below)
     low = low * np.asarray(cast, np.float32)
     # Keep GRAIN_MAX of headroom on both ends so the grain can be added modulo 256 without wrapping.
-    img = _upscale(Image.fromarray(np.clip(low, GRAIN_MAX, 255 - GRAIN_MAX).astype(np.uint8)), width, height)
-
-    return img
+    return _upscale(Image.fromarray(np.clip(low, GRAIN_MAX, 255 - GRAIN_MAX).astype(np.uint8)), width, height)
 
 
 def add_grain(image: Image.Image, rng: np.random.Generator) -> Image.Image:
