@@ -168,6 +168,9 @@ def _metal(rng: np.random.Generator, lo: int = 120, hi: int = 185) -> tuple[int,
 # --- the five InsPLAD-fault classes ---------------------------------------------------------
 
 
+_EXPOSED = (104, 80, 62)  # cap and pin left bare by a missing glass shell
+
+
 def _glass_insulator(rng: np.random.Generator, drng: np.random.Generator, k: float, spec: AssetSpec,
                      with_defect: bool, angle: float) -> Sprite:
     length = rng.uniform(*REFERENCE_SIZE[GLASS]) * k
@@ -217,7 +220,9 @@ def _glass_insulator(rng: np.random.Generator, drng: np.random.Generator, k: flo
         y = centres[i]
         cap = geometry.rect(cx - d * 0.11, y - ry * 1.05, cx + d * 0.11, y - ry * 0.2)
         if i in missing and with_defect:
-            pen.poly(cap, _scale(metal, 0.9))  # the cap and pin stay when the glass shell is gone
+            # The cap and pin stay when the glass shell is gone, weathered dark without its cover.
+            pen.bar(cx - d * 0.05, y - ry, cx + d * 0.05, y + ry * 1.4, _EXPOSED)
+            pen.poly(geometry.rect(cx - d * 0.11, y - ry * 0.95, cx + d * 0.11, y - ry * 0.2), _scale(_EXPOSED, 1.15))
             continue
         shapes = [
             (geometry.ellipse(cx, y + ry * 0.45, d / 2 * 0.97, ry, 40), _scale(glass, 0.55)),
