@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 import resource
 import sys
 import tempfile
@@ -100,8 +101,8 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     rows = []
     for attention in args.variants.split(","):
-        with ctx.Pool(1) as pool:  # a fresh process per variant so peak RSS is that variant's own
-            rows.append(pool.map(_worker, [(attention, args)])[0])
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # a fresh process per variant: its own peak RSS
+            rows.append(pool.submit(_worker, (attention, args)).result())
     peer = next((r for r in rows if r["attention"] == "none"), rows[0])
     unit = "MiB (CUDA allocated)" if args.device.startswith("cuda") else "MiB (max RSS)"
     print(f"differnet on {args.device}, image {args.image_size}px x {args.n_scales} scales, flow width {args.flow_width}, "

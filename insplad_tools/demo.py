@@ -29,6 +29,8 @@ class DemoPlan:
 
     frames: int = 60
     frame_size: tuple[int, int] = (1280, 960)
+    categories: tuple[str, ...] | None = None  # synth classes; None = all five
+    group_by: str = "tower"
     differnet_epochs: int = 6
     differnet_image_size: int = 256
     differnet_options: dict[str, Any] = field(default_factory=lambda: {
@@ -43,7 +45,8 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> DemoPlan:
-        return cls(frames=12, frame_size=(640, 480), differnet_epochs=1, differnet_image_size=256,
+        return cls(frames=24, frame_size=(640, 480), categories=("glass-insulator", "vari-grip"), group_by="frame",
+                   differnet_epochs=1, differnet_image_size=256,
                    differnet_options={"flow_width": 64, "coupling_blocks": 2, "n_transforms": 1,
                                       "n_transforms_test": 2},
                    pixel_epochs=1, pixel_image_size=64,
@@ -86,13 +89,14 @@ def run_demo(out: Path, *, seed: int = 0, device: str = "auto", pretrained: bool
     stage = _Stages(echo, started)
 
     stage("1/6 synth: drawing a synthetic InsPLAD-det-like raw set (UAV frames + VOC/COCO + Roboflow masks)")
+    extra = {"categories": plan.categories} if plan.categories else {}
     summary = generate(out / "raw", SynthConfig(seed=seed, frames=plan.frames, frame_size=plan.frame_size,
-                                                 progress=progress))
+                                                 progress=progress, **extra))
     echo(summary.describe())
 
     stage("2/6 build-splits: cropping assets into the MVTec AD layout, masks from the Roboflow export")
     report = build_dataset(out / "raw", out / "data", BuildOptions(masks=out / "raw" / "roboflow", seed=seed,
-                                                                    group_by="tower", progress=progress))
+                                                                    group_by=plan.group_by, progress=progress))
     echo(report.summary())
 
     stage("3/6 validate: re-checking every file against manifest.json")

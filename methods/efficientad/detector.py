@@ -280,7 +280,9 @@ class EfficientADDetector(Detector):
             "teacher": self.teacher_source, "steps": self.total_steps or o.steps, "penalty": bool(o.penalty_dir),
         }
 
+    @property
     def notes(self) -> list[str]:
+        """Caveats for the results file (read by ``insplad benchmark``)."""
         notes = []
         if self.teacher_source == "random":
             notes.append("EfficientAD teacher PDN randomly initialised (--no-pretrained, no distilled teacher): "

@@ -117,7 +117,7 @@ def distill_teacher(paths: Sequence[Path], *, steps: int = 60_000, image_size: i
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     source = f"weights file {Path(weights).name}" if weights is not None else ("imagenet" if pretrained else "random")
     return {

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ class SimpleNetOptions:
     train_attention: bool = True
     attention_lr: float = 1e-4
     map_sigma: float = 4.0
+    feature_cache_mb: int = 2048  # cache patch embeddings when the backbone is frozen and they fit (0 = never)
 
 
 def load_images_uint8(paths: Sequence[Path], size: int, progress: bool = False, desc: str = "load") -> torch.Tensor:
@@ -107,6 +108,7 @@ class SimpleNetDetector(Detector):
         self.backbone_source = "unset"
         self.optimisers: list[torch.optim.Optimizer] = []
         self.train_data: torch.Tensor | None = None
+        self.cache: torch.Tensor | None = None  # (N, H*W, d) embeddings of the train images, frozen backbone only
 
     # -- construction ---------------------------------------------------------------------------
     def _build(self, pretrained: bool) -> SimpleNetModel:
@@ -144,6 +146,24 @@ class SimpleNetDetector(Detector):
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "simplenet load")
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device)
+        self.cache = self._cache_embeddings()
+
+    @torch.no_grad()
+    def _cache_embeddings(self) -> torch.Tensor | None:
+        """Embeddings of all train images when nothing before the adaptor trains and they fit the budget."""
+        assert self.model is not None and self.train_data is not None
+        if any(p.requires_grad for p in self.model.backbone.parameters()):
+            return None
+        n, size = self.train_data.shape[0], self.run.image_size
+        grid = -(-size // 8)
+        if n * grid * grid * self.options.target_embed_dim * 4 > self.options.feature_cache_mb * 2**20:
+            return None
+        self.model.eval()
+        chunks = []
+        for start in range(0, n, max(1, self.run.batch_size)):
+            emb, (h, w) = self.model.embed(normalise(self.train_data[start:start + self.run.batch_size].to(self.device)))
+            chunks.append(emb.reshape(-1, h * w, emb.shape[-1]))
+        return torch.cat(chunks)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         assert self.model is not None and self.train_data is not None, "setup() first"
@@ -155,8 +175,10 @@ class SimpleNetDetector(Detector):
         steps = 0
         for start in range(0, n, self.run.batch_size):
             idx = order[start:start + self.run.batch_size]
-            images = normalise(self.train_data[idx].to(self.device))
-            emb, _ = model.embed(images)
+            if self.cache is not None:
+                emb = self.cache[idx.to(self.cache.device)].reshape(-1, self.cache.shape[-1])
+            else:
+                emb, _ = model.embed(normalise(self.train_data[idx].to(self.device)))
             true_feats = model.adaptor(emb)
             fake_feats = true_feats + o.noise_std * torch.randn_like(true_feats)
             scores = model.discriminator(torch.cat([true_feats, fake_feats]))
@@ -176,7 +198,7 @@ class SimpleNetDetector(Detector):
         return {k: v / max(steps, 1) for k, v in totals.items()}
 
     def finish_training(self) -> None:
-        self.train_data = None  # free the cached images
+        self.train_data = self.cache = None  # free the cached images and embeddings
 
     @torch.no_grad()
     def predict(self, images: Sequence[Path]) -> list[ImageResult]:
@@ -235,7 +257,9 @@ class SimpleNetDetector(Detector):
                                    else "frozen at random init"),
         }
 
+    @property
     def notes(self) -> list[str]:
+        """Caveats for the results file (read by ``insplad benchmark``)."""
         notes = []
         if self.backbone_source == "random":
             notes.append("ResNet-18 backbone randomly initialised (--no-pretrained): not comparable to ImageNet runs")
