@@ -67,7 +67,7 @@ class DifferNetOptions:
     weight_decay: float = 1e-5
     se_reduction: int = 2
     cbam_reduction: int = 16
-    cbam_kernel: int = 49
+    cbam_kernel: int = 7                 # the CBAM paper's 7x7; the AttentDifferNet forks use 49 (much slower on CPU)
     cbam_residual: bool = True
     collapse_ratio: float = 0.1          # flow-input spread below this fraction of its initial value = degenerate
     monitor_images: int = 32             # training images used to measure that spread
