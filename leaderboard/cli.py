@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,23 +12,19 @@ import click
 
 from insplad_tools import __version__, mvtec
 from insplad_tools.errors import InspladError
+from insplad_tools.provenance import git_commit
 from leaderboard.predictions import PREDICTIONS_FILE, run_dirs
-from leaderboard.results import REPORTS, ResultsError, build_results, load_results, write_results
+from leaderboard.results import (
+    REPORTS,
+    ResultsError,
+    build_results,
+    load_results,
+    write_results,
+)
 
 RESULTS_FILE = "results.json"
 PASSTHROUGH = ("training", "hardware", "wall_time_s", "trainable_params", "package_version", "git_commit", "notes")
 DIR = click.Path(exists=True, file_okay=False, path_type=Path)
-
-
-def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, or None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if len(commit) == 40 else None
 
 
 def _pct(value: float | None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import torch
 from insplad_tools import __version__, mvtec
 from insplad_tools.errors import InspladError
 from insplad_tools.fsutil import atomic_write_text
+from insplad_tools.provenance import git_commit
 from leaderboard.predictions import read_category, write_category
 from leaderboard.results import METRICS, build_results, write_results
 from methods.base import RunConfig, read_checkpoint, resolve_device
@@ -101,17 +101,6 @@ def hardware(device: str) -> dict[str, Any]:
     return {"device": device, "device_name": name, "torch": torch.__version__}
 
 
-def git_commit() -> str | None:
-    """The commit of the installed package's checkout, or ``None`` outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = out.stdout.strip()
-    return sha if len(sha) == 40 else None
-
-
 def _load_state(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     path = out / STATE_FILE
     if not path.is_file():
@@ -182,17 +171,19 @@ def run_benchmark(config: BenchmarkConfig, log: Callable[[str], None] = print) -
             atomic_write_text(cfg.out / STATE_FILE, json.dumps(state, indent=1) + "\n")
 
     per_category: dict[str, dict[str, Any]] = {}
-    notes: list[str] = []
+    where_noted: dict[str, list[str]] = {}
     for name, category in dataset.items():
         runs = []
         for seed in cfg.seeds:
             metrics = score(category, cfg.out / "predictions" / f"seed-{seed}" / name)
             runs.append({"seed": seed, **{m: metrics.get(m) for m in METRICS}})
-            notes.extend(f"{name} seed {seed}: {n}" for n in state["done"][f"{seed}/{name}"]["notes"])
+            for note in state["done"][f"{seed}/{name}"]["notes"]:
+                where_noted.setdefault(note, []).append(f"{name} seed {seed}")
         counts = category.counts()
         per_category[name] = {"n_test_good": counts["test_good"], "n_test_anomalous": counts["test_anomalous"],
                               "n_masks": counts["masks"], "runs": runs}
     done = [state["done"][f"{s}/{n}"] for s in cfg.seeds for n in dataset]
+    notes = [note if len(places) == len(done) else f"{note} ({', '.join(places)})" for note, places in where_noted.items()]
     if not cfg.pretrained and cfg.weights is None:
         notes.append("backbone randomly initialised (--no-pretrained)")
     doc = build_results(

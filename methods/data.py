@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from insplad_tools.errors import InspladError
 
@@ -55,3 +56,31 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(load_rgb(self.paths[index]))
+
+
+def load_images_uint8(paths: Sequence[Path], size: int, progress: bool = False, desc: str = "load") -> torch.Tensor:
+    """Images resized to ``size`` as one (N, 3, size, size) uint8 tensor (compact for caching a train set)."""
+    tensors = [(to_tensor(load_rgb(Path(p)), size, normalize=False) * 255).round().to(torch.uint8)
+               for p in tqdm(paths, desc=desc, unit="img", disable=not progress, leave=False)]
+    return torch.stack(tensors) if tensors else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+
+def normalise(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (or [0, 1] float) batch -> ImageNet-normalised float batch on the same device."""
+    x = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def predict_score_maps(model: torch.nn.Module, paths: Sequence[Path], *, size: int, batch_size: int,
+                       device: torch.device, progress: bool = False, desc: str = "predict") -> list[tuple[float, np.ndarray]]:
+    """Run a model that maps a normalised batch to ``(scores (B,), maps (B, H, W))`` over image files."""
+    model.eval()
+    out: list[tuple[float, np.ndarray]] = []
+    paths, bs = list(paths), max(1, batch_size)
+    for start in tqdm(range(0, len(paths), bs), desc=desc, unit="batch", disable=not progress, leave=False):
+        scores, maps = model(normalise(load_images_uint8(paths[start:start + bs], size).to(device)))
+        out.extend((float(s), m.astype(np.float32)) for s, m in zip(scores.cpu().numpy(), maps.cpu().numpy()))
+    return out

@@ -22,18 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from insplad_tools.errors import InspladError
 from methods.attention import ATTENTIONS
 from methods.base import Detector, ImageResult, RunConfig
-from methods.data import load_rgb, to_tensor
+from methods.data import load_images_uint8, load_rgb, normalise, predict_score_maps, to_tensor
 from methods.efficientad.distill import list_images, load_teacher
 from methods.efficientad.model import EfficientADModel, quantile
-from methods.simplenet.detector import load_images_uint8, normalise
 
 
 @dataclass
@@ -227,21 +224,12 @@ class EfficientADDetector(Detector):
         model.quantiles.copy_(q)
         self.train_data = self.val_data = None
 
-    @torch.no_grad()
     def predict(self, images: Sequence[Path]) -> list[ImageResult]:
         if self.model is None:
             raise InspladError("EfficientAD: train (fit) or load a checkpoint before predicting")
-        model = self.model
-        model.eval()
-        results: list[ImageResult] = []
-        paths, bs = list(images), max(1, self.run.batch_size)
-        for start in tqdm(range(0, len(paths), bs), desc="efficientad predict", unit="batch",
-                          disable=not self.run.progress, leave=False):
-            batch = load_images_uint8(paths[start:start + bs], self.run.image_size)
-            scores, maps = model(normalise(batch.to(self.device)))
-            for s, m in zip(scores.cpu().numpy(), maps.cpu().numpy()):
-                results.append(ImageResult(score=float(s), map=m.astype(np.float32)))
-        return results
+        return [ImageResult(score, amap) for score, amap in predict_score_maps(
+            self.model, images, size=self.run.image_size, batch_size=self.run.batch_size, device=self.device,
+            progress=self.run.progress, desc="efficientad predict")]
 
     @torch.no_grad()
     def profile_forward(self, batch: torch.Tensor) -> Any:

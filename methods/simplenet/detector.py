@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from insplad_tools.errors import InspladError
 from methods.attention import ATTENTIONS
 from methods.backbones.resnet import resnet18_extractor
 from methods.base import Detector, ImageResult, RunConfig
-from methods.data import IMAGENET_MEAN, IMAGENET_STD, load_rgb, to_tensor
+from methods.data import load_images_uint8, normalise, predict_score_maps
 from methods.simplenet.model import SimpleNetModel
 
 
@@ -48,21 +46,6 @@ class SimpleNetOptions:
     attention_lr: float = 1e-4
     map_sigma: float = 4.0
     feature_cache_mb: int = 2048  # cache patch embeddings when the backbone is frozen and they fit (0 = never)
-
-
-def load_images_uint8(paths: Sequence[Path], size: int, progress: bool = False, desc: str = "load") -> torch.Tensor:
-    """Images resized to ``size`` as one (N, 3, size, size) uint8 tensor (compact for caching a train set)."""
-    tensors = [(to_tensor(load_rgb(Path(p)), size, normalize=False) * 255).round().to(torch.uint8)
-               for p in tqdm(paths, desc=desc, unit="img", disable=not progress, leave=False)]
-    return torch.stack(tensors) if tensors else torch.empty(0, 3, size, size, dtype=torch.uint8)
-
-
-def normalise(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 (or [0, 1] float) batch -> ImageNet-normalised float batch on the same device."""
-    x = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 @torch.no_grad()
@@ -200,22 +183,12 @@ class SimpleNetDetector(Detector):
     def finish_training(self) -> None:
         self.train_data = self.cache = None  # free the cached images and embeddings
 
-    @torch.no_grad()
     def predict(self, images: Sequence[Path]) -> list[ImageResult]:
         if self.model is None:
             raise InspladError("SimpleNet: train (fit) or load a checkpoint before predicting")
-        model = self.model
-        model.eval()
-        results: list[ImageResult] = []
-        size, bs = self.run.image_size, max(1, self.run.batch_size)
-        paths = list(images)
-        for start in tqdm(range(0, len(paths), bs), desc="simplenet predict", unit="batch",
-                          disable=not self.run.progress, leave=False):
-            batch = load_images_uint8(paths[start:start + bs], size)
-            scores, maps = model(normalise(batch.to(self.device)))
-            for s, m in zip(scores.cpu().numpy(), maps.cpu().numpy()):
-                results.append(ImageResult(score=float(s), map=m.astype(np.float32)))
-        return results
+        return [ImageResult(score, amap) for score, amap in predict_score_maps(
+            self.model, images, size=self.run.image_size, batch_size=self.run.batch_size, device=self.device,
+            progress=self.run.progress, desc="simplenet predict")]
 
     @torch.no_grad()
     def profile_forward(self, batch: torch.Tensor) -> Any:
