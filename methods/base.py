@@ -218,6 +218,32 @@ class Detector(abc.ABC):
         os.replace(tmp, path)
 
 
+class MapDetector(Detector):
+    """A detector whose ``self.model`` maps an ImageNet-normalised batch to ``(scores, maps)``."""
+
+    produces_maps: ClassVar[bool] = True
+    model: torch.nn.Module | None = None
+
+    @abc.abstractmethod
+    def _ensure_model(self) -> torch.nn.Module:
+        """The model, built on first use (e.g. for profiling before training)."""
+
+    def predict(self, images: Sequence[Path]) -> list[ImageResult]:
+        from methods.data import predict_score_maps
+
+        if self.model is None:
+            raise InspladError(f"{self.name}: train (fit) or load a checkpoint before predicting")
+        return [ImageResult(score, amap) for score, amap in predict_score_maps(
+            self.model, images, size=self.run.image_size, batch_size=self.run.batch_size, device=self.device,
+            progress=self.run.progress, desc=f"{self.name} predict")]
+
+    @torch.no_grad()
+    def profile_forward(self, batch: torch.Tensor) -> Any:
+        model = self._ensure_model()
+        model.eval()
+        return model(batch.to(self.device))
+
+
 def _capture_rng() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
             "numpy_pos": int(np.random.get_state()[2])}

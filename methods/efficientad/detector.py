@@ -27,8 +27,8 @@ from PIL import Image
 
 from insplad_tools.errors import InspladError
 from methods.attention import ATTENTIONS
-from methods.base import Detector, ImageResult, RunConfig
-from methods.data import load_images_uint8, load_rgb, normalise, predict_score_maps, to_tensor
+from methods.base import MapDetector, RunConfig
+from methods.data import load_images_uint8, load_rgb, normalise, to_tensor
 from methods.efficientad.distill import list_images, load_teacher
 from methods.efficientad.model import EfficientADModel, quantile
 
@@ -67,11 +67,10 @@ def augment_colour(batch: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-class EfficientADDetector(Detector):
+class EfficientADDetector(MapDetector):
     """EfficientAD-S: PDN teacher/student (+SE/CBAM in the student) and autoencoder; maps."""
 
     name = "efficientad"
-    produces_maps = True
     Options = EfficientADOptions
     default_epochs = 10
     default_batch_size = 1
@@ -223,19 +222,6 @@ class EfficientADDetector(Detector):
                 q[a + 1] = q[a] + 1e-6
         model.quantiles.copy_(q)
         self.train_data = self.val_data = None
-
-    def predict(self, images: Sequence[Path]) -> list[ImageResult]:
-        if self.model is None:
-            raise InspladError("EfficientAD: train (fit) or load a checkpoint before predicting")
-        return [ImageResult(score, amap) for score, amap in predict_score_maps(
-            self.model, images, size=self.run.image_size, batch_size=self.run.batch_size, device=self.device,
-            progress=self.run.progress, desc="efficientad predict")]
-
-    @torch.no_grad()
-    def profile_forward(self, batch: torch.Tensor) -> Any:
-        model = self._ensure_model()
-        model.eval()
-        return model(batch.to(self.device))
 
     def state(self) -> dict[str, Any]:
         model = self._ensure_model()

@@ -24,8 +24,8 @@ import torch
 from insplad_tools.errors import InspladError
 from methods.attention import ATTENTIONS
 from methods.backbones.resnet import resnet18_extractor
-from methods.base import Detector, ImageResult, RunConfig
-from methods.data import load_images_uint8, normalise, predict_score_maps
+from methods.base import MapDetector, RunConfig
+from methods.data import load_images_uint8, normalise
 from methods.simplenet.model import SimpleNetModel
 
 
@@ -68,11 +68,10 @@ def calibrate_batchnorm(backbone: torch.nn.Module, images: torch.Tensor, batch_s
         m.train(training)
 
 
-class SimpleNetDetector(Detector):
+class SimpleNetDetector(MapDetector):
     """SimpleNet on (SE-/CBAM-)ResNet-18 features; image scores and pixel maps."""
 
     name = "simplenet"
-    produces_maps = True
     Options = SimpleNetOptions
     default_epochs = 160
     default_batch_size = 8
@@ -182,19 +181,6 @@ class SimpleNetDetector(Detector):
 
     def finish_training(self) -> None:
         self.train_data = self.cache = None  # free the cached images and embeddings
-
-    def predict(self, images: Sequence[Path]) -> list[ImageResult]:
-        if self.model is None:
-            raise InspladError("SimpleNet: train (fit) or load a checkpoint before predicting")
-        return [ImageResult(score, amap) for score, amap in predict_score_maps(
-            self.model, images, size=self.run.image_size, batch_size=self.run.batch_size, device=self.device,
-            progress=self.run.progress, desc="simplenet predict")]
-
-    @torch.no_grad()
-    def profile_forward(self, batch: torch.Tensor) -> Any:
-        model = self._ensure_model()
-        model.eval()
-        return model(batch.to(self.device))
 
     def state(self) -> dict[str, Any]:
         model = self._ensure_model()
