@@ -14,6 +14,7 @@ import abc
 import dataclasses
 import io
 import os
+import pickle
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -257,12 +258,20 @@ def _restore_rng(rng: dict[str, Any] | None) -> None:
     np.random.set_state(("MT19937", keys, rng["numpy_pos"], 0, 0.0))
 
 
+def unsafe_load_reason(exc: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused a file (never advising to unpickle)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "corrupt, or holds objects other than tensors and plain data, which are never unpickled"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'unreadable'}"
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) and check its format."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise InspladError(f"{path}: not a readable insplad checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise InspladError(f"{path}: not a readable insplad checkpoint ({unsafe_load_reason(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InspladError(f"{path}: not an {CHECKPOINT_FORMAT} checkpoint")
     return payload

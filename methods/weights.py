@@ -31,7 +31,9 @@ def load_state_dict(weights: Any, *, pretrained: bool, path: str | Path | None, 
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # corrupt file, or one that needs unpickling of arbitrary objects
-            raise InspladError(f"{path}: not a loadable state dict ({type(exc).__name__}: {exc})") from exc
+            from methods.base import unsafe_load_reason
+
+            raise InspladError(f"{path}: not a loadable state dict ({unsafe_load_reason(exc)})") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):

@@ -164,3 +164,33 @@ def test_commands_explain_themselves() -> None:
     for command in ("benchmark", "predict", "profile"):
         result = invoke([command, "--help"])
         assert result.exit_code == 0 and "--" in result.output
+
+
+class _Bomb:
+    """Unpickling this writes a marker file: proof that a loader executed code from the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "executed"))
+
+
+@pytest.mark.parametrize("payload", ["garbage", "bomb"])
+def test_unsafe_or_corrupt_checkpoints_are_refused_in_one_line(tmp_path: Path, toy_dataset: Path, payload: str) -> None:
+    marker = tmp_path / "marker"
+    checkpoint = tmp_path / "model.pt"
+    if payload == "garbage":
+        checkpoint.write_bytes(b"not a checkpoint at all")
+    else:
+        torch.save({"format": "insplad-checkpoint/1", "state": _Bomb(marker)}, checkpoint)
+    image = next((toy_dataset / "disc" / "test" / "good").iterdir())
+    for args in (["predict", "--checkpoint", str(checkpoint), str(image)],
+                 ["benchmark", "--method", "differnet", "--data", str(toy_dataset), "--out", str(tmp_path / "run"),
+                  "--weights", str(checkpoint), "--category", "disc", "--epochs", "1", "--quiet", *TINY]):
+        result = invoke(args)
+        assert result.exit_code != 0
+        message = result.output.strip().splitlines()[-1]
+        assert str(checkpoint) in message and "never unpickled" in message
+        assert "weights_only` set to `False`" not in result.output
+    assert not marker.exists()

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from insplad_tools.errors import InspladError
 from methods.backbones.resnet import resnet18_extractor
+from methods.base import unsafe_load_reason
 from methods.data import load_rgb, to_tensor
 from methods.efficientad.model import TEACHER_CHANNELS
 from methods.efficientad.pdn import PDN, pdn_small
@@ -137,7 +138,7 @@ def load_teacher(path: str | Path) -> tuple[PDN, dict[str, Any]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or unsafe file
-        raise InspladError(f"{path}: not a readable teacher file ({type(exc).__name__}: {exc})") from exc
+        raise InspladError(f"{path}: not a readable teacher file ({unsafe_load_reason(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != TEACHER_FORMAT:
         raise InspladError(f"{path}: not an {TEACHER_FORMAT} file (make one with `insplad distill-teacher`)")
     pdn = pdn_small(int(payload["config"]["out_channels"]), width=int(payload["config"].get("width", 256)))
