@@ -41,6 +41,7 @@ class RunConfig:
     pretrained: bool = True
     weights: str | None = None
     progress: bool = True
+    checkpoint_every: int = 1  # epochs between resumable checkpoints (the finished model is always saved)
 
 
 @dataclass
@@ -191,7 +192,8 @@ class Detector(abc.ABC):
             self.history.append({"epoch": epoch, **logs})
             self.epochs_done = epoch + 1
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
-            if checkpoint is not None and self.epochs_done < self.run.epochs:
+            if checkpoint is not None and self.epochs_done < self.run.epochs \
+                    and self.epochs_done % max(1, self.run.checkpoint_every) == 0:
                 self.save(Path(checkpoint), finished=False)
         self.finish_training()
         if checkpoint is not None:

@@ -52,6 +52,7 @@ class BenchmarkConfig:
     pretrained: bool = True
     weights: str | None = None
     progress: bool = True
+    checkpoint_every: int = 1
 
     def resolved(self) -> BenchmarkConfig:
         cls = get_method(self.method)
@@ -70,7 +71,7 @@ class BenchmarkConfig:
     def run_config(self, seed: int) -> RunConfig:
         return RunConfig(epochs=self.epochs, batch_size=self.batch_size, image_size=self.image_size,
                          device=self.device, seed=seed, pretrained=self.pretrained, weights=self.weights,
-                         progress=self.progress)
+                         progress=self.progress, checkpoint_every=self.checkpoint_every)
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the one that started the folder."""

@@ -85,9 +85,11 @@ def _print_results(doc: dict) -> None:
               help="Backbone state dict file to use instead of torchvision's ImageNet weights.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: results.json, predictions/, checkpoints/ (re-run to resume).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Epochs between resumable checkpoints (a full DifferNet checkpoint with optimiser state is ~2 GB).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def benchmark(method, attention, blocks, data, categories, epochs, image_size, batch_size, device, seed, runs, report,
-              option_pairs, no_pretrained, weights, out, quiet) -> None:
+              option_pairs, no_pretrained, weights, out, checkpoint_every, quiet) -> None:
     """Train a method on train/good of every category, score test/*, write a checkable submission.
 
     \b
@@ -108,7 +110,8 @@ def benchmark(method, attention, blocks, data, categories, epochs, image_size, b
     cfg = BenchmarkConfig(method=method, data=data, out=out, options=_parse_options(option_pairs, attention, blocks),
                           categories=list(categories) or None, epochs=epochs, image_size=image_size,
                           batch_size=batch_size, device=device, seed=seed, runs=runs, report=report,
-                          pretrained=not no_pretrained, weights=str(weights) if weights else None, progress=not quiet)
+                          pretrained=not no_pretrained, weights=str(weights) if weights else None, progress=not quiet,
+                          checkpoint_every=checkpoint_every)
     doc = run_benchmark(cfg, log=lambda line: click.echo(line, err=True))
     _print_results(doc)
     for note in doc["notes"]:

@@ -204,3 +204,32 @@ def test_test_time_rotations_are_fixed_and_evenly_spaced() -> None:
     angles = detector.test_angles()
     assert torch.allclose(angles, torch.arange(8) * 45.0)
     assert math.isclose(float(angles[-1]), 315.0)
+
+
+def test_checkpoint_every_n_epochs_resumes_from_the_last_saved_epoch(disc, tmp_path, monkeypatch) -> None:
+    straight = tiny(epochs=3)
+    straight.fit([s.path for s in disc.train])
+    expected = scores(straight, disc)
+
+    checkpoint = tmp_path / "every2.pt"
+    interrupted = tiny(epochs=3)
+    interrupted.run.checkpoint_every = 2
+    original = DifferNetDetector.train_epoch
+    saved_epochs = []
+
+    def crash_in_third_epoch(self, epoch):
+        if checkpoint.is_file():
+            saved_epochs.append(torch.load(checkpoint, weights_only=True)["epoch"])
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(DifferNetDetector, "train_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit([s.path for s in disc.train], checkpoint=checkpoint)
+    monkeypatch.setattr(DifferNetDetector, "train_epoch", original)
+    assert saved_epochs == [2]  # nothing after epoch 1, the checkpoint after epoch 2
+    resumed = tiny(epochs=3)
+    resumed.fit([s.path for s in disc.train], checkpoint=checkpoint)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    assert np.array_equal(scores(resumed, disc), expected)
