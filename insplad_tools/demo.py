@@ -1,7 +1,7 @@
 """``insplad demo``: the whole pipeline on generated data, small enough for two CPU cores.
 
 synth -> build-splits (with Roboflow-style masks: InsPLAD-seg layout) -> validate -> Table-1
-statistics -> DifferNet and AttentDifferNet (SE) -> one pixel-level method with AUPRO ->
+statistics -> DifferNet and AttentDifferNet (SE) -> pixel-level methods (EfficientAD, PatchCore) with AUPRO ->
 leaderboard check and table -> plots and anomaly-map overlays. Everything lands in one folder.
 
 The data is synthetic and the models are tiny, so the numbers show that the pipeline works, not
@@ -35,14 +35,16 @@ class DemoPlan:
     differnet_image_size: int = 256
     differnet_options: dict[str, Any] = field(default_factory=lambda: {
         "flow_width": 256, "coupling_blocks": 4, "n_transforms": 2, "n_transforms_test": 4})
-    pixel_method: str = "efficientad"
     # InsPLAD-seg's three masked categories (seed 003 Table 1)
     pixel_categories: tuple[str, ...] = ("glass_insulator", "lightning_rod_suspension", "vari_grip")
-    pixel_epochs: int = 1
     pixel_image_size: int = 128
-    pixel_options: dict[str, Any] = field(default_factory=lambda: {"steps": 100, "pdn_width": 64, "out_channels": 64})
+    # (method, epochs, options): EfficientAD as in seed 003, PatchCore as the papers' comparator
+    pixel_methods: tuple[tuple[str, int, dict[str, Any]], ...] = (
+        ("efficientad", 1, {"steps": 100, "pdn_width": 64, "out_channels": 64}),
+        ("patchcore", 1, {}),
+    )
     variants: tuple[str, ...] = ("none", "se")
-    overlays: int = 6
+    overlays: int = 3  # per pixel-level method
 
     @classmethod
     def quick(cls) -> DemoPlan:
@@ -50,9 +52,10 @@ class DemoPlan:
                    differnet_epochs=1, differnet_image_size=256,
                    differnet_options={"flow_width": 64, "coupling_blocks": 2, "n_transforms": 1,
                                       "n_transforms_test": 2},
-                   pixel_categories=("glass_insulator", "vari_grip"), pixel_epochs=1, pixel_image_size=64,
-                   pixel_options={"steps": 20, "pdn_width": 32, "out_channels": 32},
-                   overlays=2)
+                   pixel_categories=("glass_insulator", "vari_grip"), pixel_image_size=64,
+                   pixel_methods=(("efficientad", 1, {"steps": 20, "pdn_width": 32, "out_channels": 32}),
+                                  ("patchcore", 1, {})),
+                   overlays=1)
 
 
 def _prepare_out(out: Path) -> None:
@@ -118,14 +121,20 @@ def run_demo(out: Path, *, seed: int = 0, device: str = "auto", pretrained: bool
                               progress=progress)
         runs[f"differnet-{attention}"] = run_benchmark(cfg, log=lambda _msg: None)
 
-    pixel_run = f"{plan.pixel_method}-none"
-    # No distilled teacher ships with insplad, so the pixel-level method always runs its documented
+    # No distilled EfficientAD teacher ships with insplad, so EfficientAD runs its documented
     # --no-pretrained path (random teacher); the results' notes say so.
-    stage(f"5/6 benchmark: {plan.pixel_method} (pixel-level maps, AUPRO), random teacher (--no-pretrained)")
-    cfg = BenchmarkConfig(method=plan.pixel_method, data=out / "data", out=out / "runs" / pixel_run,
-                          categories=list(plan.pixel_categories), options=dict(plan.pixel_options), epochs=plan.pixel_epochs, image_size=plan.pixel_image_size,
-                          device=device, seed=seed, pretrained=False, progress=progress)
-    runs[pixel_run] = run_benchmark(cfg, log=lambda _msg: None)
+    pixel_runs = []
+    for method, epochs, options in plan.pixel_methods:
+        name = f"{method}-none"
+        use_imagenet = pretrained and method != "efficientad"
+        stage(f"5/6 benchmark: {method} (pixel-level maps, AUPRO) on the InsPLAD-seg categories, "
+              f"{'ImageNet weights' if use_imagenet else 'random init'}")
+        cfg = BenchmarkConfig(method=method, data=out / "data", out=out / "runs" / name,
+                              categories=list(plan.pixel_categories), options=dict(options), epochs=epochs,
+                              image_size=plan.pixel_image_size, device=device, seed=seed, pretrained=use_imagenet,
+                              progress=progress)
+        runs[name] = run_benchmark(cfg, log=lambda _msg: None)
+        pixel_runs.append(name)
 
     stage("6/6 leaderboard: checking every submission, tables, plots and overlays")
     for name in runs:
@@ -143,7 +152,8 @@ def run_demo(out: Path, *, seed: int = 0, device: str = "auto", pretrained: bool
         echo(text)
         plot(table, plots / f"{metric}.png")
     overlay_dir = out / "overlays"
-    written = write_overlays(out / "data", out / "runs" / pixel_run, overlay_dir, limit=plan.overlays)
+    written = [path for name in pixel_runs
+               for path in write_overlays(out / "data", out / "runs" / name, overlay_dir / name, limit=plan.overlays)]
     echo(f"wrote {len(written)} anomaly-map overlays to {overlay_dir} and plots to {plots}")
     echo(f"demo finished in {time.perf_counter() - started:.0f} s -> {out}")
     return runs
@@ -219,11 +229,11 @@ def write_overlays(data: Path, submission: Path, out: Path, *, limit: int) -> li
 @click.option("--quick", is_flag=True, help="Tiny sizes (seconds, for smoke tests); numbers are meaningless.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out: Path, seed: int, device: str, pretrained: bool | None, quick: bool, quiet: bool) -> None:
-    """Run the whole insplad pipeline on generated data (about 5 minutes on 2 CPU cores).
+    """Run the whole insplad pipeline on generated data (about 3 minutes on 2 CPU cores).
 
     \b
     synth -> build-splits (InsPLAD-seg layout, masks from a Roboflow-style export) -> validate
-    -> Table-1 statistics -> DifferNet vs AttentDifferNet (SE) -> a pixel-level method with
+    -> Table-1 statistics -> DifferNet vs AttentDifferNet (SE) -> EfficientAD and PatchCore with
     AUPRO -> leaderboard check + tables -> plots/ and overlays/ PNGs, all under --out.
 
     The data is SYNTHETIC and the models are small: the numbers demonstrate the pipeline, not

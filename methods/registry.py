@@ -36,6 +36,8 @@ METHODS: dict[str, MethodSpec] = {
                    "SimpleNet: (SE/CBAM-)ResNet-18 features, adaptor, noise-trained discriminator; maps."),
         MethodSpec("efficientad", "methods.efficientad.detector:EfficientADDetector",
                    "EfficientAD-S: PDN teacher/student (+SE/CBAM) and autoencoder; maps."),
+        MethodSpec("patchcore", "methods.patchcore.detector:PatchCoreDetector",
+                   "PatchCore: (SE/CBAM-)ResNet-18 patch memory bank with greedy coreset; maps."),
     )
 }
 

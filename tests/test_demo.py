@@ -21,17 +21,19 @@ def test_quick_demo_runs_every_stage_and_writes_checkable_results(tmp_path: Path
     assert (out / "raw" / "README.txt").read_text().upper().count("SYNTHETIC") >= 1
     assert (out / "data" / "manifest.json").is_file()
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == ["differnet-none", "differnet-se", "efficientad-none"]
+    assert runs == ["differnet-none", "differnet-se", "efficientad-none", "patchcore-none"]
     for name in runs:
         doc = json.loads((out / "runs" / name / "results.json").read_text())
         assert validate_results(doc) == []
         assert check_submission(out / "runs" / name, out / "data") == []
-    pixel = json.loads((out / "runs" / "efficientad-none" / "results.json").read_text())
-    assert all(row["aupro"] is not None for row in pixel["categories"])
-    assert any("randomly initialised" in note for note in pixel["notes"])
+    for name in ("efficientad-none", "patchcore-none"):
+        pixel = json.loads((out / "runs" / name / "results.json").read_text())
+        assert all(row["aupro"] is not None for row in pixel["categories"])
+        assert any("randomly initialised" in note for note in pixel["notes"])
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["aupro.png", "image_auroc.png"]
-    overlays = list((out / "overlays").glob("*.png"))
-    assert overlays and all(p.stat().st_size > 1000 for p in overlays)
+    for name in ("efficientad-none", "patchcore-none"):
+        overlays = list((out / "overlays" / name).glob("*.png"))
+        assert overlays and all(p.stat().st_size > 1000 for p in overlays)
     assert "| Category |" in (out / "image_auroc.md").read_text()
 
 
