@@ -22,7 +22,7 @@ METRIC_TITLES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "au
 MEAN = "mean"
 ATTENTION_NAMES = {"se": "SENet", "cbam": "CBAM"}
 FAMILY_NAMES = {"differnet": "DifferNet", "simplenet": "SimpleNet", "efficientad": "EfficientAD", "fastflow": "FastFlow",
-                "rdpp": "RD++"}
+                "rdpp": "RD++", "patchcore": "PatchCore"}
 
 
 @dataclass
@@ -90,8 +90,8 @@ def display_label(doc: dict[str, Any]) -> str:
         blocks = variant.get("blocks")
         if attention != "none" and blocks and sorted(blocks) != [1, 2, 3]:
             label = label[:-1] + ", " + "+".join(f"AB{b}" for b in sorted(blocks)) + ")"
-    elif method in ("simplenet", "efficientad"):
-        base = {"simplenet": "SimpleNet", "efficientad": "EfficientAD"}[method]
+    elif method in ("simplenet", "efficientad", "patchcore"):
+        base = FAMILY_NAMES[method]
         backbone = {"resnet18": "RN18"}.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
         parts = [p for p in (backbone, None if attention == "none" else att_name) if p]
         label = f"{base} ({'-'.join(parts)})" if parts else base
