@@ -79,6 +79,14 @@ class CBAM(nn.Module):
         return x + refined if self.residual else refined
 
 
+def check_attention(kind: str) -> None:
+    """Raise a one-line :class:`InspladError` for an unknown attention name."""
+    from insplad_tools.errors import InspladError
+
+    if kind not in ATTENTIONS:
+        raise InspladError(f"unknown attention {kind!r}; choose one of {', '.join(ATTENTIONS)}")
+
+
 def make_attention(kind: str, channels: int, **kwargs) -> nn.Module:
     """Build an attention block by name ("none" gives an identity)."""
     if kind == "none":

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from insplad_tools.errors import InspladError
+from methods.attention import check_attention
 
 CHECKPOINT_FORMAT = "insplad-checkpoint/1"
 
@@ -118,6 +119,8 @@ class Detector(abc.ABC):
     default_image_size: ClassVar[int] = 256
 
     def __init__(self, options: Any, run: RunConfig) -> None:
+        if hasattr(options, "attention"):
+            check_attention(options.attention)
         self.options = options
         self.run = run
         self.device = torch.device(run.device)

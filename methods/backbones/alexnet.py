@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import AlexNet_Weights
 
 from insplad_tools.errors import InspladError
-from methods.attention import ATTENTIONS, make_attention
+from methods.attention import check_attention, make_attention
 from methods.weights import load_state_dict
 
 # block number -> (index in alexnet().features after which it is applied, channels there)
@@ -40,8 +40,7 @@ class AlexNetFeatures(nn.Module):
 
     def __init__(self, attention: str = "none", blocks: Iterable[int] = (1, 2, 3), **attention_kwargs: Any) -> None:
         super().__init__()
-        if attention not in ATTENTIONS:
-            raise InspladError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+        check_attention(attention)
         blocks = tuple(sorted(set(int(b) for b in blocks)))
         bad = [b for b in blocks if b not in BLOCK_POSITIONS]
         if bad:

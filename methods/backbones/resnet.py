@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from insplad_tools.errors import InspladError
-from methods.attention import ATTENTIONS, make_attention
+from methods.attention import check_attention, make_attention
 from methods.weights import load_state_dict
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -51,8 +51,7 @@ class ResNet18Features(nn.Module):
 
     def __init__(self, attention: str = "none", last_layer: str = "layer4") -> None:
         super().__init__()
-        if attention not in ATTENTIONS:
-            raise InspladError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+        check_attention(attention)
         if last_layer not in LAYERS:
             raise InspladError(f"unknown ResNet-18 layer {last_layer!r}; choose one of {', '.join(LAYERS)}")
         self.attention = attention
@@ -118,3 +117,13 @@ def resnet18_extractor(attention: str = "none", *, pretrained: bool = True, weig
     if state is not None:
         model.load_pretrained(state, source=str(weights) if weights is not None else "torchvision resnet18")
     return model
+
+
+def resnet18_for_run(attention: str, *, pretrained: bool, weights: str | None, progress: bool = False,
+                     last_layer: str = "layer3") -> tuple[ResNet18Features, str]:
+    """A (SE-/CBAM-)ResNet-18 trunk for a run, and where its weights came from (for results notes)."""
+    backbone = resnet18_extractor(attention, pretrained=pretrained, weights=weights if pretrained else None,
+                                  last_layer=last_layer, progress=progress)
+    if weights is not None and pretrained:
+        return backbone, f"weights file {Path(weights).name}"
+    return backbone, "imagenet" if pretrained else "random"

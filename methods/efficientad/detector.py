@@ -26,7 +26,6 @@ import torch
 from PIL import Image
 
 from insplad_tools.errors import InspladError
-from methods.attention import ATTENTIONS
 from methods.base import MapDetector, RunConfig
 from methods.data import load_images_uint8, load_rgb, normalise, to_tensor
 from methods.efficientad.distill import list_images, load_teacher
@@ -78,8 +77,6 @@ class EfficientADDetector(MapDetector):
 
     def __init__(self, options: EfficientADOptions, run: RunConfig) -> None:
         super().__init__(options, run)
-        if options.attention not in ATTENTIONS:
-            raise InspladError(f"unknown attention {options.attention!r}; choose one of {', '.join(ATTENTIONS)}")
         if run.image_size < 64:
             raise InspladError(f"EfficientAD needs --image-size >= 64 (got {run.image_size})")
         if options.out_channels < 1 or options.pdn_width < 2:

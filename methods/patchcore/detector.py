@@ -21,8 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from insplad_tools.errors import InspladError
-from methods.attention import ATTENTIONS
-from methods.backbones.resnet import resnet18_extractor
+from methods.backbones.resnet import resnet18_for_run
 from methods.base import MapDetector, RunConfig
 from methods.data import load_images_uint8, normalise
 from methods.patchcore.coreset import greedy_coreset
@@ -53,8 +52,6 @@ class PatchCoreDetector(MapDetector):
 
     def __init__(self, options: PatchCoreOptions, run: RunConfig) -> None:
         super().__init__(options, run)
-        if options.attention not in ATTENTIONS:
-            raise InspladError(f"unknown attention {options.attention!r}; choose one of {', '.join(ATTENTIONS)}")
         if not 0.0 < options.coreset_ratio <= 1.0:
             raise InspladError("option coreset_ratio must be in (0, 1]")
         for key in ("projection_dim", "max_bank", "profile_train_images"):
@@ -72,12 +69,8 @@ class PatchCoreDetector(MapDetector):
     # -- construction ---------------------------------------------------------------------------
     def _build(self, pretrained: bool) -> PatchCoreModel:
         o, run = self.options, self.run
-        backbone = resnet18_extractor(o.attention, pretrained=pretrained, weights=run.weights if pretrained else None,
-                                      last_layer="layer3", progress=run.progress)
-        if run.weights is not None and pretrained:
-            self.backbone_source = f"weights file {Path(run.weights).name}"
-        else:
-            self.backbone_source = "imagenet" if pretrained else "random"
+        backbone, self.backbone_source = resnet18_for_run(o.attention, pretrained=pretrained, weights=run.weights,
+                                                          progress=run.progress)
         return PatchCoreModel(backbone, o.num_neighbors, o.map_sigma, o.map_upsample).to(self.device)
 
     def _ensure_model(self) -> PatchCoreModel:

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 from insplad_tools.errors import InspladError
-from methods.attention import ATTENTIONS
-from methods.backbones.resnet import resnet18_extractor
+from methods.backbones.resnet import resnet18_for_run
 from methods.base import MapDetector, RunConfig
 from methods.data import load_images_uint8, normalise
 from methods.simplenet.model import SimpleNetModel
@@ -79,8 +78,6 @@ class SimpleNetDetector(MapDetector):
 
     def __init__(self, options: SimpleNetOptions, run: RunConfig) -> None:
         super().__init__(options, run)
-        if options.attention not in ATTENTIONS:
-            raise InspladError(f"unknown attention {options.attention!r}; choose one of {', '.join(ATTENTIONS)}")
         for key in ("pretrain_embed_dim", "target_embed_dim", "dsc_hidden", "patch_size"):
             if getattr(options, key) < 1:
                 raise InspladError(f"option {key} must be >= 1")
@@ -95,12 +92,8 @@ class SimpleNetDetector(MapDetector):
     # -- construction ---------------------------------------------------------------------------
     def _build(self, pretrained: bool) -> SimpleNetModel:
         o, run = self.options, self.run
-        backbone = resnet18_extractor(o.attention, pretrained=pretrained, weights=run.weights if pretrained else None,
-                                      last_layer="layer3", progress=run.progress)
-        if run.weights is not None and pretrained:
-            self.backbone_source = f"weights file {Path(run.weights).name}"
-        else:
-            self.backbone_source = "imagenet" if pretrained else "random"
+        backbone, self.backbone_source = resnet18_for_run(o.attention, pretrained=pretrained, weights=run.weights,
+                                                          progress=run.progress)
         model = SimpleNetModel(backbone, o.pretrain_embed_dim, o.target_embed_dim, o.dsc_hidden, o.patch_size, o.map_sigma)
         for p in backbone.attention_parameters():
             p.requires_grad_(o.train_attention)
