@@ -96,7 +96,7 @@ def check(export: Path | None, roboflow: str | None, cache_dir: Path | None, raw
     """
     from annotations.coco_export import open_export
     from annotations.qa import check_export
-    from insplad_tools.build.taxonomy import load_taxonomy
+    from insplad_tools.dataset.taxonomy import load_taxonomy
 
     if (export is None) == (roboflow is None):
         raise click.UsageError("give an EXPORT folder/zip or --roboflow WORKSPACE/PROJECT/VERSION (exactly one)")

@@ -273,7 +273,7 @@ def _lookup(index: list[dict[str, list[Any]]], name: str) -> list[Any]:
 def _raw_cross_check(export: RoboflowExport, raw_dir: Path, taxonomy: Any, out: list[Finding],
                      stats: dict[str, Any]) -> None:
     """Frame-drawn exports against the detection annotations of RAW_DIR."""
-    from insplad_tools.build.sources import read_annotations
+    from insplad_tools.dataset.sources import read_annotations
 
     frames, _problems = read_annotations(Path(raw_dir))
     index = _key_index({f.name: f for f in frames})
@@ -361,7 +361,7 @@ def _data_cross_check(export: RoboflowExport, data_dir: Path, out: list[Finding]
     dataset = read_dataset(data_dir)
     manifest: dict[str, dict] = {}
     if (data_dir / MANIFEST).is_file():
-        from insplad_tools.build.manifest import load_manifest
+        from insplad_tools.dataset.manifest import load_manifest
 
         manifest = {e["path"]: e for e in load_manifest(data_dir)["files"] if e.get("crop_box") and e.get("frame")}
     frame_names = _key_index({e["frame"]: e["frame"] for e in manifest.values()})

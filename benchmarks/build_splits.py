@@ -24,10 +24,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from insplad_tools.build.imaging import PNG_OPTIONS, object_box, padded_box  # noqa: E402
-from insplad_tools.build.pipeline import BuildOptions, build_dataset  # noqa: E402
-from insplad_tools.build.sources import read_annotations  # noqa: E402
-from insplad_tools.build.taxonomy import load_taxonomy  # noqa: E402
+from insplad_tools.dataset.imaging import PNG_OPTIONS, object_box, padded_box  # noqa: E402
+from insplad_tools.dataset.pipeline import BuildOptions, build_dataset  # noqa: E402
+from insplad_tools.dataset.sources import read_annotations  # noqa: E402
+from insplad_tools.dataset.taxonomy import load_taxonomy  # noqa: E402
 
 
 def crop_plan(raw: Path, pad: float) -> list[tuple[Path, list[tuple[int, int, int, int]]]]:

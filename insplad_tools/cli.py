@@ -16,8 +16,8 @@ from insplad_tools import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("insplad_tools.demo:demo", "Run the whole pipeline on generated data (synth -> splits -> train -> leaderboard)."),
     "synth": ("insplad_tools.synth.cli:synth", "Generate a synthetic InsPLAD-det-like raw set of UAV frames and annotations."),
-    "build-splits": ("insplad_tools.build.cli:build_splits", "Crop annotated assets into an MVTec-AD-layout dataset (InsPLAD-fault/-seg)."),
-    "validate": ("insplad_tools.build.cli:validate", "Re-check a built dataset against its manifest."),
+    "build-splits": ("insplad_tools.dataset.cli:build_splits", "Crop annotated assets into an MVTec-AD-layout dataset (InsPLAD-fault/-seg)."),
+    "validate": ("insplad_tools.dataset.cli:validate", "Re-check a built dataset against its manifest."),
     "annotations": ("annotations.cli:annotations", "Annotation tools: QA of Roboflow segmentation exports."),
     "benchmark": ("methods.cli:benchmark", "Train and evaluate a method on every category of a dataset."),
     "predict": ("methods.cli:predict", "Score new images with a saved checkpoint."),

@@ -78,8 +78,8 @@ def _imagenet_cached() -> bool:
 def run_demo(out: Path, *, seed: int = 0, device: str = "auto", pretrained: bool | None = None,
              plan: DemoPlan = DemoPlan(), progress: bool = True, echo=click.echo) -> dict[str, Any]:
     """Run every stage into ``out``; returns the results documents by run name."""
-    from insplad_tools.build.pipeline import BuildOptions, build_dataset
-    from insplad_tools.build.validate import validate_dataset
+    from insplad_tools.dataset.pipeline import BuildOptions, build_dataset
+    from insplad_tools.dataset.validate import validate_dataset
     from insplad_tools.synth.generate import SynthConfig, generate
     from leaderboard.check import check_submission
     from leaderboard.render import build_table, plot, to_markdown

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from insplad_tools.build.pipeline import BuildOptions, build_dataset
-from insplad_tools.build.sources import read_annotations
-from insplad_tools.build.split import side_of
-from insplad_tools.build.taxonomy import UnknownClassError, load_taxonomy
+from insplad_tools.dataset.pipeline import BuildOptions, build_dataset
+from insplad_tools.dataset.sources import read_annotations
+from insplad_tools.dataset.split import side_of
+from insplad_tools.dataset.taxonomy import UnknownClassError, load_taxonomy
 from insplad_tools.cli import main
 from insplad_tools.errors import InspladError
 from insplad_tools.mvtec import read_dataset

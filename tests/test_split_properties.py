@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from insplad_tools.build.pipeline import BuildOptions, build_dataset
-from insplad_tools.build.split import TEST, TRAIN, Grouper, side_of, split_items
+from insplad_tools.dataset.pipeline import BuildOptions, build_dataset
+from insplad_tools.dataset.split import TEST, TRAIN, Grouper, side_of, split_items
 from tests.test_build_splits import make_raw
 
 CATEGORIES = ("glass_insulator", "vari_grip", "yoke_suspension")

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from insplad_tools.build.manifest import dumps
-from insplad_tools.build.pipeline import BuildOptions, build_dataset
+from insplad_tools.dataset.manifest import dumps
+from insplad_tools.dataset.pipeline import BuildOptions, build_dataset
 from insplad_tools.cli import main
 from insplad_tools.fsutil import sha256_file
 from tests.test_build_splits import FakeMaskSource, frame_pixels, make_raw

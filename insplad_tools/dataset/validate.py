@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from insplad_tools.build.imaging import pixel_digest, to_rgb8
-from insplad_tools.build.manifest import load_manifest
+from insplad_tools.dataset.imaging import pixel_digest, to_rgb8
+from insplad_tools.dataset.manifest import load_manifest
 from insplad_tools.errors import DatasetError
 from insplad_tools.fsutil import sha256_file
 from insplad_tools.mvtec import GOOD, MANIFEST, read_category

@@ -24,13 +24,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from insplad_tools import __version__
-from insplad_tools.build import manifest as manifest_mod
-from insplad_tools.build import stats as stats_mod
-from insplad_tools.build.imaging import encode_png
-from insplad_tools.build.crops import CropJob, CropResult, FrameJob, FrameResult, process_frame
-from insplad_tools.build.sources import FrameRecord, Problem, detect_format, read_annotations
-from insplad_tools.build.split import TEST, TRAIN, Grouper, split_items
-from insplad_tools.build.taxonomy import GOOD, Taxonomy, UnknownClassError, load_taxonomy
+from insplad_tools.dataset import manifest as manifest_mod
+from insplad_tools.dataset import stats as stats_mod
+from insplad_tools.dataset.imaging import encode_png
+from insplad_tools.dataset.crops import CropJob, CropResult, FrameJob, FrameResult, process_frame
+from insplad_tools.dataset.sources import FrameRecord, Problem, detect_format, read_annotations
+from insplad_tools.dataset.split import TEST, TRAIN, Grouper, split_items
+from insplad_tools.dataset.taxonomy import GOOD, Taxonomy, UnknownClassError, load_taxonomy
 from insplad_tools.errors import InspladError
 from insplad_tools.fsutil import atomic_output_dir, atomic_write_text, sha256_bytes
 

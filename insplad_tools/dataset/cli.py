@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from insplad_tools.build.pipeline import BuildFailed, BuildOptions, build_dataset
-from insplad_tools.build.split import GROUP_PATTERNS
-from insplad_tools.build.validate import validate_dataset
+from insplad_tools.dataset.pipeline import BuildFailed, BuildOptions, build_dataset
+from insplad_tools.dataset.split import GROUP_PATTERNS
+from insplad_tools.dataset.validate import validate_dataset
 
 
 @click.command("build-splits")

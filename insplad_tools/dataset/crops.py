@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from insplad_tools.build.imaging import DecodeError, decode_frame, encode_png, object_box, padded_box, pixel_digest
-from insplad_tools.build.sources import Problem
+from insplad_tools.dataset.imaging import DecodeError, decode_frame, encode_png, object_box, padded_box, pixel_digest
+from insplad_tools.dataset.sources import Problem
 from insplad_tools.fsutil import sha256_bytes
 
 
