@@ -83,7 +83,7 @@ def render_text(report, max_lines: int) -> str:
               help="Taxonomy JSON for category/condition names [default: the built-in InsPLAD-fault one].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (findings with level, code, file, "
                                                       "image, annotation_id, message).")
-@click.option("--max-lines", type=int, default=20, show_default=True,
+@click.option("--max-lines", type=click.IntRange(min=0), default=20, show_default=True,
               help="Findings listed per group in the text report (0 lists all).")
 def check(export: Path | None, roboflow: str | None, cache_dir: Path | None, raw_dir: Path | None,
           data_dir: Path | None, taxonomy: Path | None, as_json: bool, max_lines: int) -> None:

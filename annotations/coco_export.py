@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from insplad_tools import jsonfile
 from insplad_tools.errors import InspladError
+from insplad_tools.safety import MAX_IMAGE_PIXELS, resolve_inside
 
 from annotations.archive import safe_extract
 from annotations.findings import ERROR, Finding
@@ -50,18 +52,8 @@ def original_name(file_name: str, extra_name: str | None = None) -> str:
 
 
 def load_json(path: Path, label: str | None = None) -> Any:
-    """Parse a JSON file; a syntax error becomes one line naming the file, line and column."""
-    label = label or str(path)
-    try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InspladError(f"{label}: not UTF-8 text (byte {exc.start})") from exc
-    except OSError as exc:
-        raise InspladError(f"{label}: cannot read ({exc.strerror or exc})") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InspladError(f"{label}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    """Parse a JSON file; every problem becomes one line naming the file (see insplad_tools.jsonfile)."""
+    return jsonfile.load_json(path, label)
 
 
 @dataclass
@@ -157,28 +149,76 @@ class RoboflowExport:
         self.close()
 
 
-def _segmentation(raw: Any) -> tuple[str, list[list[float]], dict | None]:
+MAX_SIDE = 65_535            # pixels per image side an export may declare (pycocotools works in uint32)
+MAX_PIXELS = MAX_IMAGE_PIXELS  # the decompression-bomb limit of every command
+MAX_COORD = 1e7              # |polygon coordinate|: beyond it, C code overflows long before the data makes sense
+MAX_POINTS = 200_000         # points per annotation
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _segmentation(raw: Any) -> tuple[str, list[list[float]], dict | None, str]:
+    """(kind, polygons, rle, why-invalid) of a COCO ``segmentation`` value, bounded before any C code sees it."""
     if raw is None or raw == [] or raw == {}:
-        return "empty", [], None
+        return "empty", [], None, ""
     if isinstance(raw, dict):
         if "counts" in raw and isinstance(raw.get("size"), list) and len(raw["size"]) == 2:
-            return "rle", [], raw
-        return "invalid", [], None
+            why = _rle_problem(raw)
+            return ("invalid", [], None, why) if why else ("rle", [], raw, "")
+        return "invalid", [], None, "segmentation is neither polygons nor RLE"
     if isinstance(raw, list):
-        if all(isinstance(v, (int, float)) for v in raw):  # a single flat polygon, as some tools write
-            return "polygon", [list(map(float, raw))], None
-        if all(isinstance(p, list) and all(isinstance(v, (int, float)) for v in p) for p in raw):
+        if raw and all(_number(v) for v in raw):  # a single flat polygon, as some tools write
+            raw = [raw]
+        if all(isinstance(p, list) and all(_number(v) for v in p) for p in raw):
+            if sum(len(p) for p in raw) > 2 * MAX_POINTS:
+                return "invalid", [], None, f"more than {MAX_POINTS} polygon points"
+            if any(not abs(v) <= MAX_COORD for p in raw for v in p):  # also catches NaN
+                return "invalid", [], None, f"polygon coordinates beyond +-{MAX_COORD:g}"
             polys = [list(map(float, p)) for p in raw if p]
-            return ("polygon", polys, None) if polys else ("empty", [], None)
-    return "invalid", [], None
+            return ("polygon", polys, None, "") if polys else ("empty", [], None, "")
+    return "invalid", [], None, "segmentation is neither polygons nor RLE"
+
+
+def _rle_problem(rle: dict) -> str:
+    """Why an RLE cannot be decoded safely ("" when it can): pycocotools writes past its buffer when the
+    run lengths do not add up to height x width, so they are checked here first."""
+    from annotations.rasterize import rle_counts
+
+    h, w = rle["size"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in (h, w)):
+        return f"RLE size {str(rle['size'])[:40]} is not two integers in 1..{MAX_SIDE}"
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if len(counts) > h * w + 1 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            return "RLE counts must be non-negative integers"
+    elif isinstance(counts, str):
+        if len(counts) > 8 * (h * w + 1):
+            return "RLE counts string longer than the image"
+        try:
+            counts = rle_counts(counts)
+        except ValueError as exc:
+            return f"RLE counts string is corrupt ({exc})"
+        if any(c < 0 for c in counts):
+            return "RLE counts string decodes to negative run lengths"
+    else:
+        return "RLE counts must be a list of integers or a string"
+    if sum(counts) != h * w:
+        return f"RLE run lengths add up to {sum(counts)}, not {h}x{w} = {h * w}"
+    return ""
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _positive_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int) and value > 0:
+    if isinstance(value, int) and 0 < value <= MAX_SIDE:
         return value
-    if isinstance(value, float) and value.is_integer() and value > 0:
+    if isinstance(value, float) and value.is_integer() and 0 < value <= MAX_SIDE:
         return int(value)
     return None
 
@@ -198,8 +238,8 @@ def read_annotations_file(path: Path, rel: str, label: str) -> ExportFile:
     raw_cats = data.get("categories", [])
     super_names = {str(c.get("supercategory")) for c in raw_cats if isinstance(c, dict)}
     for i, c in enumerate(raw_cats):
-        if not isinstance(c, dict) or "id" not in c or "name" not in c:
-            raise InspladError(f"{label}: categories[{i}] needs 'id' and 'name'")
+        if not isinstance(c, dict) or not _is_id(c.get("id")) or not isinstance(c.get("name"), (str, int)):
+            raise InspladError(f"{label}: categories[{i}] needs an integer or string 'id' and a 'name'")
         if c["id"] in out.categories:
             out.findings.append(Finding(ERROR, "duplicate-id", rel, f"category id {c['id']} is used twice"))
         name = str(c["name"])
@@ -209,11 +249,13 @@ def read_annotations_file(path: Path, rel: str, label: str) -> ExportFile:
 
     by_id: dict[Any, ExportImage] = {}
     for i, im in enumerate(data["images"]):
-        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
-            raise InspladError(f"{label}: images[{i}] needs 'id' and 'file_name'")
+        if not isinstance(im, dict) or not _is_id(im.get("id")) or not isinstance(im.get("file_name"), str):
+            raise InspladError(f"{label}: images[{i}] needs an integer or string 'id' and a 'file_name'")
+        resolve_inside(Path(path).parent, im["file_name"], f"{label}: images[{i}].file_name")
         width, height = _positive_int(im.get("width")), _positive_int(im.get("height"))
-        if width is None or height is None:
-            raise InspladError(f"{label}: images[{i}] ({im['file_name']}) needs positive integer width and height")
+        if width is None or height is None or width * height > MAX_PIXELS:
+            raise InspladError(f"{label}: images[{i}] ({im['file_name']}) needs integer width and height in 1..{MAX_SIDE} "
+                               f"and at most {MAX_PIXELS:,} pixels")
         extra = im.get("extra") if isinstance(im.get("extra"), dict) else {}
         image = ExportImage(id=im["id"], file_name=im["file_name"], width=width, height=height,
                             original_name=original_name(im["file_name"], extra.get("name")), json_file=out)
@@ -226,8 +268,10 @@ def read_annotations_file(path: Path, rel: str, label: str) -> ExportFile:
 
     seen_ann: set = set()
     for i, a in enumerate(data.get("annotations", [])):
-        if not isinstance(a, dict) or "id" not in a or "image_id" not in a:
-            raise InspladError(f"{label}: annotations[{i}] needs 'id' and 'image_id'")
+        if not isinstance(a, dict) or not _is_id(a.get("id")) or not _is_id(a.get("image_id")):
+            raise InspladError(f"{label}: annotations[{i}] needs an integer or string 'id' and 'image_id'")
+        if a.get("category_id") is not None and not _is_id(a.get("category_id")):
+            raise InspladError(f"{label}: annotations[{i}].category_id must be an integer or a string")
         if a["id"] in seen_ann:
             out.findings.append(Finding(ERROR, "duplicate-id", rel, f"annotation id {a['id']} is used twice",
                                         annotation_id=a["id"]))
@@ -243,10 +287,9 @@ def read_annotations_file(path: Path, rel: str, label: str) -> ExportFile:
             out.findings.append(Finding(ERROR, "unknown-category-id", rel,
                                         f"category id {a.get('category_id')} is not in 'categories'",
                                         image=image.file_name, annotation_id=a["id"]))
-        kind, polys, rle = _segmentation(a.get("segmentation"))
+        kind, polys, rle, why = _segmentation(a.get("segmentation"))
         if kind == "invalid":
-            out.findings.append(Finding(ERROR, "bad-segmentation", rel,
-                                        "segmentation is neither polygons nor RLE", image=image.file_name,
+            out.findings.append(Finding(ERROR, "bad-segmentation", rel, why, image=image.file_name,
                                         annotation_id=a["id"]))
         bbox = a.get("bbox") if isinstance(a.get("bbox"), list) else None
         image.annotations.append(ExportAnnotation(
@@ -308,9 +351,3 @@ def open_export(export: Path, *, label: str | None = None) -> RoboflowExport:
         holder.close()
         raise
     return holder
-
-
-def images_present(export_file: ExportFile) -> bool:
-    """True when the export ships image files next to this JSON (QA checks sizes only then)."""
-    return any(im.path.is_file() for im in export_file.images)
-

@@ -103,10 +103,12 @@ class MaskSource:
     kind: str = "auto"                   # "auto", "frames" or "crops"
     inside_fraction: float = 0.5
     max_thumb_distance: float = 6.0
+    max_name_distance: float = 12.0      # looser than pixel matching: a name already points at the image
     _by_key: list[dict[str, list[ExportImage]]] = field(default_factory=list, init=False, repr=False)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
     _hashes: dict | None = field(default=None, init=False, repr=False)
     _thumbs: ThumbIndex | None = field(default=None, init=False, repr=False)
+    _pixels: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "frames", "crops"):
@@ -169,11 +171,42 @@ class MaskSource:
             self._hashes, self._thumbs = dict(hashes), ThumbIndex.build(items)
         return self._hashes, self._thumbs
 
+    def _export_pixels(self, image: ExportImage) -> np.ndarray | None:
+        if id(image) not in self._pixels:
+            if len(self._pixels) > 8:
+                self._pixels.clear()
+            self._pixels[id(image)] = load_rgb(image.path) if image.path.is_file() else None
+        return self._pixels[id(image)]
+
+    def verify_match(self, image: ExportImage, crop_pixels: np.ndarray, region: Box | None, frame_size: tuple[int, int],
+                     what: str) -> None:
+        """A name match must also agree on size and pixels: ``region`` of the export image (``crop_box`` in
+        frame coordinates, None for a crop-drawn image) must look like ``crop_pixels``. An export that ships
+        no image file cannot be checked and is trusted. :class:`InspladError` otherwise."""
+        pixels = self._export_pixels(image)
+        if pixels is None:
+            return
+        h, w = pixels.shape[:2]
+        if (w, h) != (image.width, image.height):
+            raise InspladError(f"{self.export.label}: {image.rel} is {w}x{h} but its JSON says "
+                               f"{image.width}x{image.height}; cannot trust its masks for {what}")
+        if region is not None:
+            sx, sy = w / frame_size[0], h / frame_size[1]
+            x0, y0 = int(region[0] * sx), int(region[1] * sy)
+            x1, y1 = max(x0 + 1, int(np.ceil(region[2] * sx))), max(y0 + 1, int(np.ceil(region[3] * sy)))
+            pixels = pixels[y0:y1, x0:x1]
+        distance = float(np.abs(thumbnail(pixels) - thumbnail(crop_pixels)).mean())
+        if distance > self.max_name_distance:
+            raise InspladError(f"{self.export.label}: {image.rel} is named like {what} but shows other pixels (mean grey "
+                               f"difference {distance:.1f} > {self.max_name_distance:g}): an export of another "
+                               "flight or version? Masks are never attached by name alone")
+
     def find_crop_image(self, crop_pixels: np.ndarray, crop_name: str | None = None) -> ExportImage | None:
         """The export image showing this crop (by name, then exact pixels, then thumbnail), or None."""
         if crop_name:
             named = self.images_named(crop_name)
             if len(named) == 1:
+                self.verify_match(named[0], crop_pixels, None, (1, 1), f"crop {crop_name}")
                 return named[0]
             if len(named) > 1:  # the same base name in several categories: let the pixels decide
                 thumb = thumbnail(crop_pixels)
@@ -202,6 +235,7 @@ class MaskSource:
             frames = self.images_named(frame_name)
             if frames:
                 image = self._pick(frames, (frame_w, frame_h), f"frame {frame_name}")
+                self.verify_match(image, crop_pixels, crop_box, (frame_w, frame_h), f"frame {frame_name}")
                 return self._from_frame(image, (frame_w, frame_h), object_box, crop_box, (crop_w, crop_h))
             if self.kind == "frames":
                 return None

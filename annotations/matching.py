@@ -46,9 +46,16 @@ def thumbnail(rgb: np.ndarray) -> np.ndarray:
 
 
 def load_rgb(path) -> np.ndarray:
-    """An image file as HxWx3 uint8, EXIF orientation applied."""
-    with Image.open(path) as img:
-        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    """An image file as HxWx3 uint8, EXIF orientation applied; an unreadable or oversized file is one
+    :class:`InspladError` naming it (the decompression-bomb policy of every command)."""
+    from insplad_tools.errors import InspladError
+    from insplad_tools.safety import image_size_guard
+
+    try:
+        with image_size_guard(path), Image.open(path) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InspladError(f"{path}: cannot read image ({exc})") from None
 
 
 @dataclass

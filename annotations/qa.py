@@ -13,12 +13,18 @@ empty-segmentation     error   an annotation without any polygon or RLE
 degenerate-polygon     error   fewer than 3 points, an odd number of coordinates, or zero area
 self-intersecting      error   a polygon whose edges cross or touch (not a simple polygon)
 rle-size-mismatch      error   RLE ``size`` differs from the image's width/height
-unknown-category       error   an annotation whose category the taxonomy does not know (warning:
-                               such a category exists but is unused)
+unknown-category       error   a category the taxonomy does not know, once per category with its
+                               annotation count (warning: it exists but is unused)
+foreign-taxonomy       warning none of the export's categories is known: said once, with how to
+                               pass --taxonomy; the geometry checks still run
 supercategory-label    error   an annotation labelled with Roboflow's workspace supercategory
 normal-category        warning a category that means "normal" used for a defect mask
-image-size-mismatch    error   the image file's size differs from the JSON's width/height
-missing-image          warning an image listed in the JSON but absent while others are present
+image-size-mismatch    error   the image file's size differs from the JSON's width/height (or it
+                               cannot be decoded, or exceeds the decompression-bomb limit)
+missing-image          error   an image listed in the JSON but absent beside it (once per JSON when
+                               none of its images is there)
+unlisted-image         warning an image file beside the JSON that the JSON does not list
+too-complex            warning a polygon with more points than the self-intersection test takes
 outside-image          warning polygon points more than a pixel outside the image
 empty-mask             warning a valid polygon too thin to cover any pixel centre
 duplicate-annotation   warning two annotations of one image with IoU >= 0.9
@@ -34,6 +40,7 @@ mask-on-normal         error   a mask on an object/crop annotated as normal
 anomalous-without-mask error   an anomalous object/crop of a masked category with no mask
 defect-mismatch        warning the mask's category differs from the object's condition
 image-not-matched      warning an export image matching no raw frame / dataset crop
+category-unmatched     error   (--raw) an export category none of whose masks lies on an object
 mask-unused            warning (--data, frame-drawn) a mask that no crop of the dataset claims
 ====================== ======= ==============================================================
 
@@ -43,6 +50,7 @@ anomalous objects of other categories (InsPLAD-seg masks only three of five) are
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,16 +61,19 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from insplad_tools.errors import InspladError
+from insplad_tools.safety import image_size_guard
 
-from annotations.coco_export import ExportAnnotation, ExportFile, ExportImage, RoboflowExport, images_present
+from annotations.coco_export import MAX_PIXELS, MAX_SIDE, ExportAnnotation, ExportFile, ExportImage, RoboflowExport
 from annotations.findings import ERROR, WARNING, Finding
 from annotations.geometry import as_points, polygon_area, self_intersects
 from annotations.matching import ThumbIndex, load_rgb, name_keys, thumbnail
 from annotations.rasterize import decode_rle, rasterize_annotation
 
+MAX_CHECKED_POINTS = 4000   # self-intersection is O(n^2): ~0.7 s at this size
 DUPLICATE_IOU = 0.9
 OVERLAP_SHARE = 0.1
 INSIDE_FRACTION = 0.5
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -104,8 +115,21 @@ def _condition(taxonomy: Any, raw: str | None) -> str | None | bool:
 
 # ----------------------------------------------------------------------------- single export
 
-def _check_categories(ef: ExportFile, taxonomy: Any, out: list[Finding]) -> None:
-    """Category names against the taxonomy: one finding per annotation, so each can be found and fixed."""
+def _foreign_categories(export: RoboflowExport, taxonomy: Any) -> list[str]:
+    """The used category names when the taxonomy knows none of them (another taxonomy's export), else []."""
+    if taxonomy is None:
+        return []
+    names = {a.category for f in export.files for im in f.images for a in im.annotations if a.category}
+    workspace = {c.name for f in export.files for c in f.categories.values() if c.is_workspace_entry}
+    names -= workspace
+    if names and all(_taxonomy_status(taxonomy, n) == "unknown" for n in names):
+        return sorted(names)
+    return []
+
+
+def _check_categories(ef: ExportFile, taxonomy: Any, out: list[Finding], foreign: bool = False) -> None:
+    """Category names against the taxonomy: one finding per unknown category (with its annotation count and
+    first annotation), or a single one when the taxonomy knows none of them (another taxonomy's export)."""
     used = Counter(a.category_id for im in ef.images for a in im.annotations)
     status: dict[Any, str] = {}
     for cat in ef.categories.values():
@@ -113,11 +137,13 @@ def _check_categories(ef: ExportFile, taxonomy: Any, out: list[Finding]) -> None
             status[cat.id] = "workspace"
         elif taxonomy is not None:
             status[cat.id] = _taxonomy_status(taxonomy, cat.name)
-            if status[cat.id] == "unknown" and not used.get(cat.id):
+            if status[cat.id] == "unknown" and not used.get(cat.id) and not foreign:
                 out.append(Finding(WARNING, "unknown-category", ef.rel,
                                    f"unused category {cat.name!r} (id {cat.id}) is not a condition of taxonomy "
                                    f"{getattr(taxonomy, 'name', '?')}"))
     known = ", ".join(getattr(taxonomy, "defect_types", []) or [])
+    tax_name = getattr(taxonomy, "name", "?")
+    reported: set[Any] = set()
     for image in ef.images:
         for ann in image.annotations:
             where = dict(image=image.file_name, annotation_id=ann.id)
@@ -126,27 +152,30 @@ def _check_categories(ef: ExportFile, taxonomy: Any, out: list[Finding]) -> None
                 out.append(Finding(ERROR, "supercategory-label", ef.rel,
                                    f"labelled with the workspace supercategory {ann.category!r}, which names no defect",
                                    **where))
-            elif kind == "unknown":
+            elif kind == "unknown" and not foreign and ann.category_id not in reported:
+                reported.add(ann.category_id)
                 out.append(Finding(ERROR, "unknown-category", ef.rel,
-                                   f"category {ann.category!r} is not a condition of taxonomy "
-                                   f"{getattr(taxonomy, 'name', '?')} (defects: {known})", **where))
+                                   f"category {ann.category!r} ({used[ann.category_id]} annotation(s), first shown) is "
+                                   f"not a condition of taxonomy {tax_name} (defects: {known})", **where))
             elif kind == "normal":
                 out.append(Finding(WARNING, "normal-category", ef.rel,
                                    f"category {ann.category!r} means a normal object, not a defect", **where))
 
 
-def _check_image_file(ef: ExportFile, image: ExportImage, have_images: bool, out: list[Finding]) -> None:
-    if not have_images:
-        return
+def _check_image_file(ef: ExportFile, image: ExportImage, out: list[Finding], none_present: bool) -> None:
     if not image.path.is_file():
-        out.append(Finding(WARNING, "missing-image", ef.rel, "image listed in the JSON but not in the export",
-                           image=image.file_name))
+        if not none_present:  # when none is there, _check_file says so once
+            out.append(Finding(ERROR, "missing-image", ef.rel, "image listed in the JSON but not in the export",
+                               image=image.file_name))
         return
     try:
-        with Image.open(image.path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(image.path)
+        with img:
             raw = img.size
             turned = ImageOps.exif_transpose(img).size if raw != (image.width, image.height) else raw
-    except (OSError, SyntaxError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         out.append(Finding(ERROR, "image-size-mismatch", ef.rel, f"image file cannot be read ({exc})",
                            image=image.file_name))
         return
@@ -193,7 +222,13 @@ def _check_geometry(ef: ExportFile, image: ExportImage, ann: ExportAnnotation, o
                                f"{label} has {len(pts)} distinct point(s); at least 3 are needed", **where))
             continue
         # A bow tie has zero signed area, so self-intersection is tested first.
-        if self_intersects(pts):
+        if len(pts) > MAX_CHECKED_POINTS:
+            out.append(Finding(WARNING, "too-complex", ef.rel, f"{label} has {len(pts)} points, too many to test for "
+                                                                f"self-intersection (limit {MAX_CHECKED_POINTS})", **where))
+            if polygon_area(pts) < 1e-6:
+                out.append(Finding(ERROR, "degenerate-polygon", ef.rel, f"{label} has zero area", **where))
+                continue
+        elif self_intersects(pts):
             out.append(Finding(ERROR, "self-intersecting", ef.rel, f"{label} crosses or touches itself", **where))
         elif polygon_area(pts) < 1e-6:
             out.append(Finding(ERROR, "degenerate-polygon", ef.rel, f"{label} has zero area", **where))
@@ -233,13 +268,31 @@ def _check_overlaps(ef: ExportFile, image: ExportImage, masks: dict[Any, np.ndar
                                    image=image.file_name, annotation_id=b))
 
 
-def _check_file(ef: ExportFile, taxonomy: Any, out: list[Finding], progress: bool) -> None:
-    _check_categories(ef, taxonomy, out)
-    have_images = images_present(ef)
+def _check_unlisted(ef: ExportFile, out: list[Finding]) -> None:
+    """Image files beside the JSON that it does not list (a copied JSON, a half-uploaded batch)."""
+    listed = {im.path.resolve() for im in ef.images}
+    folder = ef.path.parent
+    for sub in (folder, folder / "images"):
+        if not sub.is_dir():
+            continue
+        for path in sorted(sub.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and path.resolve() not in listed:
+                out.append(Finding(WARNING, "unlisted-image", ef.rel, "image file beside the JSON is not listed in it",
+                                   image=path.relative_to(folder).as_posix()))
+
+
+def _check_file(ef: ExportFile, taxonomy: Any, out: list[Finding], progress: bool, foreign: bool = False) -> None:
+    _check_categories(ef, taxonomy, out, foreign)
+    _check_unlisted(ef, out)
+    none_present = len(ef.images) > 1 and not any(im.path.is_file() for im in ef.images)
+    if none_present:
+        out.append(Finding(ERROR, "missing-image", ef.rel, f"none of the {len(ef.images)} images the JSON lists is "
+                                                           f"beside it (first: {ef.images[0].file_name}); a JSON "
+                                                           "copied from another split or export?"))
     # disable=None: a bar only on a terminal, so --json output and logs stay clean
     for image in tqdm(ef.images, desc=f"checking {ef.rel}", unit="image", leave=False,
                       disable=None if progress else True):
-        _check_image_file(ef, image, have_images, out)
+        _check_image_file(ef, image, out, none_present)
         masks: dict[Any, np.ndarray] = {}
         for ann in image.annotations:
             if not _check_geometry(ef, image, ann, out):
@@ -281,6 +334,7 @@ def _raw_cross_check(export: RoboflowExport, raw_dir: Path, taxonomy: Any, out: 
     seen_frames: set[str] = set()
     masked: set[str] = set()
     matched_images = 0
+    matched_labels: Counter = Counter()   # export category name -> masks that landed on an anomalous object
 
     def category_of(obj: Any) -> str | None:
         try:
@@ -298,8 +352,8 @@ def _raw_cross_check(export: RoboflowExport, raw_dir: Path, taxonomy: Any, out: 
         matched_images += 1
         seen_frames.add(frame.name)
         size = frame.size
-        if size is None:
-            with Image.open(frame.path) as img:
+        if size is None or max(size) > MAX_SIDE or size[0] * size[1] > MAX_PIXELS:  # a declared size is only trusted within what C code can take
+            with image_size_guard(frame.path), Image.open(frame.path) as img:
                 size = ImageOps.exif_transpose(img).size
         objects = [o for o in frame.objects if category_of(o) is not None]
         boxes = [tuple(int(round(v)) for v in o.box) for o in objects]
@@ -324,6 +378,7 @@ def _raw_cross_check(export: RoboflowExport, raw_dir: Path, taxonomy: Any, out: 
                 out.append(Finding(ERROR, "mask-on-normal", image.json_file.rel,
                                    f"mask lies on {holders[0].label} of {frame.name}, annotated normal", **where))
                 continue
+            matched_labels[ann.category] += 1
             for obj in anomalous:
                 masked.add(category_of(obj))  # type: ignore[arg-type]
                 covered[(frame.name, obj.index)].append(ann.id)
@@ -346,6 +401,12 @@ def _raw_cross_check(export: RoboflowExport, raw_dir: Path, taxonomy: Any, out: 
             out.append(Finding(ERROR, "anomalous-without-mask", f"{Path(raw_dir).name}/{obj.source}",
                                f"{obj.label} ({cat}/{cond}) of {frame.name}: {why}", image=frame.name,
                                annotation_id=obj.annotation_id))
+    label_totals = Counter(a.category for im in export.images() for a in im.annotations if a.kind in ("polygon", "rle"))
+    for label, total in sorted(label_totals.items()):
+        if not matched_labels.get(label):
+            out.append(Finding(ERROR, "category-unmatched", export.label,
+                               f"none of the {total} mask(s) of category {label!r} lies on an anomalous object of "
+                               f"{raw_dir} (an export of other frames?)"))
     stats["raw"] = {"frames": len(frames), "raw_problems_skipped": len(_problems), "export_images_matched": matched_images,
                     "masked_categories": sorted(masked), "objects_with_mask": len(covered),
                     "anomalous_without_mask": missing}
@@ -454,8 +515,15 @@ def check_export(export: RoboflowExport, *, taxonomy: Any = None, raw_dir: Path 
     """
     report = Report(export=export.label)
     findings = list(export.findings)
+    foreign = _foreign_categories(export, taxonomy)
+    if foreign:
+        findings.append(Finding(WARNING, "foreign-taxonomy", export.label,
+                                f"taxonomy {getattr(taxonomy, 'name', '?')} knows none of the export's categories "
+                                f"({', '.join(foreign)[:200]}); category checks skipped, geometry checked. Pass "
+                                "--taxonomy FILE (a JSON naming these classes and defects, shaped like "
+                                "insplad_tools/taxonomy/insplad.json) to check them"))
     for ef in export.files:
-        _check_file(ef, taxonomy, findings, progress)
+        _check_file(ef, taxonomy, findings, progress, bool(foreign))
     images = list(export.images())
     report.stats = {
         "files": len(export.files),

@@ -40,6 +40,33 @@ def rasterize_polygons(polygons: list[list[float]], size: tuple[int, int],
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
 
 
+def rle_counts(text: str) -> list[int]:
+    """Run lengths of a COCO compressed RLE string (the LEB128-like code of pycocotools' ``rleFrString``),
+    decoded in Python so that they can be checked before C code trusts them."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                raise ValueError("truncated run length")
+            c = ord(text[pos]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {text[pos]!r} at {pos}")
+            value |= (c & 0x1F) << (5 * shift)
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 1
+            if not more and c & 0x10:
+                value |= -1 << (5 * shift)
+            if shift > 7:
+                raise ValueError("run length too long")
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
 def decode_rle(rle: dict) -> np.ndarray:
     """A COCO RLE (compressed string counts or uncompressed list counts) as a bool ``(h, w)`` mask."""
     height, width = (int(v) for v in rle["size"])

@@ -18,12 +18,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("insplad_tools.synth.cli:synth", "Generate a synthetic InsPLAD-det-like raw set of UAV frames and annotations."),
     "build-splits": ("insplad_tools.dataset.cli:build_splits", "Crop annotated assets into an MVTec-AD-layout dataset (InsPLAD-fault/-seg)."),
     "validate": ("insplad_tools.dataset.cli:validate", "Re-check a built dataset against its manifest."),
+    "link-crops": ("insplad_tools.dataset.release_cli:link_crops_cmd", "Find the InsPLAD-det frame and box each released InsPLAD-fault crop came from."),
+    "audit": ("insplad_tools.dataset.release_cli:audit_cmd", "Report train/test leakage (duplicates, near-duplicates, same frame/tower) of a dataset."),
     "annotations": ("annotations.cli:annotations", "Annotation tools: QA of Roboflow segmentation exports."),
     "benchmark": ("methods.cli:benchmark", "Train and evaluate a method on every category of a dataset."),
     "predict": ("methods.cli:predict", "Score new images with a saved checkpoint."),
     "profile": ("methods.cli:profile", "Trainable parameters, model size and latency of a method."),
     "distill-teacher": ("methods.efficientad.cli:distill_teacher", "Distil an EfficientAD teacher PDN from ResNet-18 features."),
+    "export": ("methods.deploy_cli:export", "Export a trained checkpoint's scoring graph to ONNX or OpenVINO."),
+    "explain": ("methods.deploy_cli:explain", "Grad-CAM of checkpoints' backbones (and anomaly maps) on images."),
+    "report": ("leaderboard.report:report", "One self-contained HTML page for runs: tables, curves, maps, failures."),
     "leaderboard": ("leaderboard.cli:leaderboard", "Score predictions, check submissions and render result tables."),
+    "grid": ("insplad_tools.grid.cli:grid", "Run a papers' table as a grid of benchmark trials (local or Ray), resumable, merged."),
 }
 
 
@@ -40,6 +46,13 @@ class LazyGroup(click.Group):
         module_name, attr = target.split(":")
         module = importlib.import_module(module_name)
         return getattr(module, attr)
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:  # environment faults (disk full, no permission) are one line, never a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, help_text) in COMMANDS.items()]

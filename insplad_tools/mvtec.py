@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from insplad_tools.errors import DatasetError
+from insplad_tools.errors import DatasetError, InspladError
 from insplad_tools.fsutil import sha256_file
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -118,8 +118,50 @@ def list_categories(root: Path) -> list[str]:
         raise DatasetError(f"{root}: dataset folder does not exist")
     names = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / "train").is_dir() and (d / "test").is_dir())
     if not names:
+        if any(c.split is None for c in read_crop_folder(root)):
+            raise DatasetError(f"{root}: a released crop folder sorted only by condition (<asset>/<condition>/*) has "
+                               "no train/test split to benchmark on; link it to InsPLAD-det with `insplad link-crops` "
+                               "and re-split it with `insplad build-splits --conditions`")
         raise DatasetError(f"{root}: no category folders with train/ and test/ (expected the MVTec AD layout)")
     return names
+
+
+@dataclass(frozen=True)
+class CropImage:
+    """One image of a released InsPLAD-fault-style crop folder."""
+
+    rel: str                 # relative to the folder, POSIX
+    asset: str               # asset folder name as released (glass-insulator, isolador_vidro, ...)
+    condition: str           # condition folder name as released (good, rust, missing-cap, ...)
+    split: str | None        # train / test for the MVTec-like layout, None for <asset>/<condition>/*
+
+
+def read_crop_folder(root: Path) -> list[CropImage]:
+    """Every image of a released crop folder, in either of the layouts the release and its users have.
+
+    ``<asset>/{train,test}/<condition>/*`` (MVTec-like, what the unsupervised InsPLAD-fault ships) and
+    ``<asset>/<condition>/*`` (sorted by condition only). ``ground_truth/`` folders and hidden entries
+    are not crops. Sorted by path.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: crop folder does not exist")
+    out: list[CropImage] = []
+    for asset in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        mvtec_like = (asset / "train").is_dir() or (asset / "test").is_dir()
+        if mvtec_like:
+            for split in ("train", "test"):
+                if not (asset / split).is_dir():
+                    continue
+                for cond in sorted(d for d in (asset / split).iterdir() if d.is_dir() and not d.name.startswith(".")):
+                    out += [CropImage(f"{asset.name}/{split}/{cond.name}/{p.name}", asset.name, cond.name, split)
+                            for p in _images(cond)]
+        else:
+            for cond in sorted(d for d in asset.iterdir() if d.is_dir() and not d.name.startswith(".")
+                               and d.name != "ground_truth"):
+                out += [CropImage(f"{asset.name}/{cond.name}/{p.name}", asset.name, cond.name, None)
+                        for p in _images(cond)]
+    return out
 
 
 def read_dataset(root: Path, categories: list[str] | None = None) -> dict[str, Category]:
@@ -156,10 +198,13 @@ def dataset_name(root: Path) -> str:
     """The dataset's name: the manifest's ``name`` field when present, else the folder name."""
     manifest = Path(root) / MANIFEST
     if manifest.is_file():
+        from insplad_tools.jsonfile import load_json
+
         try:
-            name = json.loads(manifest.read_text()).get("name")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{manifest}: unreadable manifest ({exc})") from exc
+            doc = load_json(manifest)
+        except InspladError as exc:
+            raise DatasetError(f"unreadable manifest: {exc.message}") from None
+        name = doc.get("name") if isinstance(doc, dict) else None
         if name:
             return str(name)
     return Path(root).resolve().name

@@ -12,15 +12,15 @@ capped before reading.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from insplad_tools import mvtec
 from insplad_tools.errors import InspladError
+from insplad_tools.jsonfile import load_json
 from leaderboard.predictions import (MAX_MAP_PIXELS, PREDICTIONS_FILE, CategoryPredictions, PredictionsError,
                                      load_map_file, read_category, run_dirs)
-from leaderboard.results import METRICS, TOLERANCE, aggregate_runs, mean_row, validate_results
+from leaderboard.results import METRICS, TOLERANCE, aggregate_runs, coverage, mean_row, validate_results
 from leaderboard.scoring import prediction_problems, score_category
 
 RESULTS_FILE = "results.json"
@@ -40,16 +40,13 @@ def _load_doc(submission: Path, root: Path, problems: list[str]) -> dict[str, An
     if not _inside(root, path):
         problems.append(f"{path}: resolves outside the submission folder (symlink)")
         return None
-    if path.stat().st_size > MAX_RESULTS_BYTES:
-        problems.append(f"{path}: larger than {MAX_RESULTS_BYTES >> 20} MiB")
-        return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: not valid UTF-8 JSON ({exc})")
+        doc = load_json(path, max_bytes=MAX_RESULTS_BYTES)
+    except InspladError as exc:
+        problems.append(exc.message)
         return None
     problems.extend(f"{path}: {p}" for p in validate_results(doc))
-    return doc
+    return doc if isinstance(doc, dict) else None
 
 
 def _check_maps(preds: CategoryPredictions, problems: list[str]) -> bool:
@@ -95,9 +92,22 @@ def _compare_counts(row: dict, category: mvtec.Category, problems: list[str]) ->
             problems.append(f"categories[{category.name}].{key}: claims {row.get(key)!r} but the dataset has {actual}")
 
 
+def coverage_line(doc: dict[str, Any], dataset_names: list[str]) -> str:
+    """How much of the dataset a results document covers, in words (stated by ``check``)."""
+    covered, total, missing = coverage(doc, dataset_names) or (0, len(dataset_names), list(dataset_names))
+    if not missing:
+        return f"coverage: all {total} categories of the dataset"
+    return (f"coverage: PARTIAL, {covered} of {total} categories (missing: {', '.join(missing)}); "
+            f"its mean is over these {covered} only and is not the dataset mean")
+
+
 def check_submission(submission: Path, dataset_root: Path, *, thresholds: int | None = None,
-                     progress: bool = False) -> list[str]:
-    """Every problem with a submission, one clear message each; empty when it can be accepted."""
+                     progress: bool = False, allow_partial: bool = False) -> list[str]:
+    """Every problem with a submission, one clear message each; empty when it can be accepted.
+
+    A submission that leaves out categories of the dataset is a problem unless ``allow_partial``
+    (a deliberate subset, e.g. the one-category ablation of seed 000 Table 5).
+    """
     submission = Path(submission)
     if not submission.is_dir():
         return [f"{submission}: not a folder"]
@@ -119,6 +129,15 @@ def check_submission(submission: Path, dataset_root: Path, *, thresholds: int | 
     unknown = sorted(set(rows) - set(dataset_names))
     if unknown:
         problems.append(f"categories: {', '.join(unknown)} not in the dataset at {dataset_root}")
+    listed = doc["dataset"].get("categories") if isinstance(doc.get("dataset"), dict) else None
+    if isinstance(listed, list) and sorted(map(str, listed)) != sorted(dataset_names):
+        problems.append(f"dataset.categories: {listed!r} are not the categories of the dataset at {dataset_root} "
+                        f"({dataset_names})")
+    missing = [n for n in dataset_names if n not in rows]
+    if missing and not allow_partial:
+        problems.append(f"categories: {len(missing)} of the dataset's {len(dataset_names)} categories missing "
+                        f"({', '.join(missing)}): a mean over a subset is not the dataset mean "
+                        "(accept a deliberate subset with --allow-partial)")
     dataset = mvtec.read_dataset(dataset_root, [n for n in rows if n in dataset_names])
     for name, category in dataset.items():
         _compare_counts(rows[name], category, problems)
@@ -182,7 +201,8 @@ def check_submission(submission: Path, dataset_root: Path, *, thresholds: int | 
             problems.append(exc.message)
             continue
         recomputed[name].append({"seed": seed, **{m: got[m] for m in METRICS}})
-        claimed = next((r for r in rows[name].get("runs", []) if isinstance(r, dict) and r.get("seed") == seed), None)
+        claimed_runs = rows[name].get("runs") if isinstance(rows[name].get("runs"), list) else []
+        claimed = next((r for r in claimed_runs if isinstance(r, dict) and r.get("seed") == seed), None)
         if claimed is None:
             problems.append(f"categories[{name}].runs: no entry for seed {seed}")
         else:

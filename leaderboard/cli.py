@@ -11,7 +11,9 @@ from typing import Any
 import click
 
 from insplad_tools import __version__, mvtec
-from insplad_tools.errors import InspladError
+from insplad_tools.errors import InspladError, one_line_os_errors
+from insplad_tools.jsonfile import load_json
+from insplad_tools.safety import ensure_disjoint
 from insplad_tools.provenance import git_commit
 from leaderboard.predictions import PREDICTIONS_FILE, run_dirs
 from leaderboard.results import (
@@ -23,6 +25,7 @@ from leaderboard.results import (
 )
 
 RESULTS_FILE = "results.json"
+MAX_THRESHOLDS = 1_000_000  # binned AUPRO: beyond this the exact computation is cheaper
 PASSTHROUGH = ("training", "hardware", "wall_time_s", "trainable_params", "package_version", "git_commit", "notes")
 DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -82,15 +85,16 @@ def leaderboard() -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the insplad-results/1 JSON here (default: only print the table).")
 @click.option("--method", default=None, help="Method name to record for a run folder (default: the folder's name).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0, max=2**31 - 1), default=0, show_default=True,
               help="Seed to record for a run folder (a submission's seeds come from predictions/seed-<s>).")
 @click.option("--report", type=click.Choice(REPORTS), default=None,
               help="Per-category value over seeds: best run (seed 000's best of two) or mean. "
                    "Default: the submission's own choice, else best.")
-@click.option("--thresholds", type=click.IntRange(min=2), default=None,
+@click.option("--thresholds", type=click.IntRange(min=2, max=MAX_THRESHOLDS), default=None,
               help="Binned AUPRO with about this many thresholds (bounded memory; "
                    "error <= largest FPR step / 0.3). Default: exact.")
 @click.option("--category", "categories", multiple=True, help="Score only this category (repeatable).")
+@one_line_os_errors
 def score(pred_dir: Path, data: Path, out: Path | None, method: str | None, seed: int, report: str | None,
           thresholds: int | None, categories: tuple[str, ...]) -> None:
     """Compute image AUROC, pixel AUROC, AUPRO and F1-max from predictions.
@@ -101,13 +105,21 @@ def score(pred_dir: Path, data: Path, out: Path | None, method: str | None, seed
     """
     from leaderboard.scoring import score_run
 
+    if out is not None:
+        ensure_disjoint(out, {"PRED_DIR": pred_dir, "--data": data})
+        if out.exists():
+            try:
+                load_results(out)
+            except ResultsError:
+                raise InspladError(f"{out}: exists and is not a results file; it is never overwritten "
+                                   "(remove it yourself or choose another --out)") from None
     previous: dict[str, Any] = {}
     if (pred_dir / "predictions").is_dir():
         runs = run_dirs(pred_dir)
         if not runs:
             raise InspladError(f"{pred_dir / 'predictions'}: no seed-<s> run folders")
         if (pred_dir / RESULTS_FILE).is_file():
-            previous = json.loads((pred_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+            previous = load_json(pred_dir / RESULTS_FILE, max_bytes=16 << 20)
             if not isinstance(previous, dict):
                 raise ResultsError(f"{pred_dir / RESULTS_FILE}: top level must be a JSON object")
     elif any(pred_dir.glob(f"*/{PREDICTIONS_FILE}")):
@@ -125,7 +137,8 @@ def score(pred_dir: Path, data: Path, out: Path | None, method: str | None, seed
     doc = build_results(
         method=method or previous.get("method") or pred_dir.resolve().name,
         variant=previous.get("variant") if isinstance(previous.get("variant"), dict) else {},
-        dataset={"name": mvtec.dataset_name(data), "manifest_sha256": mvtec.dataset_digest(data)},
+        dataset={"name": mvtec.dataset_name(data), "manifest_sha256": mvtec.dataset_digest(data),
+                 "categories": mvtec.list_categories(data)},
         seeds=sorted(runs), report=report or prev_agg.get("report") or "best",
         per_category=_per_category(scored), **meta)
     print_results(doc)
@@ -137,22 +150,33 @@ def score(pred_dir: Path, data: Path, out: Path | None, method: str | None, seed
 @leaderboard.command()
 @click.argument("submission", type=DIR)
 @click.option("--data", "data", required=True, type=DIR, help="The dataset the submission claims to be scored on.")
-@click.option("--thresholds", type=click.IntRange(min=2), default=None,
+@click.option("--thresholds", type=click.IntRange(min=2, max=MAX_THRESHOLDS), default=None,
               help="Recompute AUPRO binned (only for submissions scored the same way). Default: exact.")
-def check(submission: Path, data: Path, thresholds: int | None) -> None:
+@click.option("--allow-partial", is_flag=True,
+              help="Accept a submission that covers only some of the dataset's categories (a deliberate subset, "
+                   "e.g. a one-category ablation); its coverage is still stated.")
+@one_line_os_errors
+def check(submission: Path, data: Path, thresholds: int | None, allow_partial: bool) -> None:
     """Verify a submission before accepting its numbers.
 
     \b
     Checks: results.json follows insplad-results/1; its dataset digest matches DATA;
     every run has exactly one finite prediction per test image (none missing, extra,
     duplicated or from train/); maps are safe .npz files (never unpickled), finite and
-    sanely shaped; no path leaves the submission folder; and every claimed number is
-    recomputed from the predictions and must agree within 1e-6.
+    sanely shaped; no path leaves the submission folder; every claimed number is
+    recomputed from the predictions and must agree within 1e-6; and it covers every
+    category of DATA (or --allow-partial, with the coverage stated).
     Exits 0 only when there is no problem.
     """
-    from leaderboard.check import check_submission
+    from leaderboard.check import check_submission, coverage_line
 
-    problems = check_submission(submission, data, thresholds=thresholds, progress=True)
+    problems = check_submission(submission, data, thresholds=thresholds, progress=True, allow_partial=allow_partial)
+    try:
+        doc = load_json(submission / RESULTS_FILE, max_bytes=16 << 20)
+        if isinstance(doc, dict) and isinstance(doc.get("categories"), list):
+            click.echo(coverage_line(doc, mvtec.list_categories(data)))
+    except InspladError:
+        pass  # already among the problems
     if problems:
         for problem in problems:
             click.echo(f"✗ {problem}")
@@ -180,8 +204,13 @@ def _read_results(path: Path) -> dict[str, Any]:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here instead of stdout.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw a grouped bar chart of the table as a PNG.")
+@click.option("--significance", "comparisons", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A JSON written by `leaderboard compare A B --json` (repeatable): A's cells get ↑/↓ where "
+                   "A - B is significant.")
+@one_line_os_errors
 def render(results: tuple[Path, ...], fmt: str, reference: str | None, metric: str | None,
-           underline_family: str | None, out: Path | None, plot_path: Path | None) -> None:
+           underline_family: str | None, out: Path | None, plot_path: Path | None,
+           comparisons: tuple[Path, ...] = ()) -> None:
     """Tabulate results files (or submission folders) like the papers' tables.
 
     Rows are categories and the mean, columns are methods/variants, values are % with two
@@ -192,6 +221,14 @@ def render(results: tuple[Path, ...], fmt: str, reference: str | None, metric: s
 
     if not results and not reference:
         raise click.UsageError("give at least one results file or a --reference")
+    # A results file inside a submission stands for the whole submission folder.
+    inputs = {f"RESULTS {path}": path.parent if path.is_file() and (path.parent / "predictions").is_dir() else path
+              for path in results}
+    for target in (out, plot_path):
+        if target is not None:
+            ensure_disjoint(target, inputs)
+    if out is not None and plot_path is not None and out.resolve() == plot_path.resolve():
+        raise InspladError(f"--out and --plot are the same file {out}")
     docs = [(str(path), _read_results(path)) for path in results]
     if underline_family is None:
         underline_family = "simplenet" if reference and reference.startswith("insplad-seg") else "differnet"
@@ -199,6 +236,13 @@ def render(results: tuple[Path, ...], fmt: str, reference: str | None, metric: s
         table = rendering.build_table(docs, reference=reference, metric=metric, underline_family=underline_family)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    for path in comparisons:
+        comparison = load_json(path, max_bytes=16 << 20)
+        if not isinstance(comparison, dict) or not {"a_label", "b_label", "categories", "mean_ci"} <= set(comparison):
+            raise InspladError(f"{path}: not a comparison written by insplad leaderboard compare --json")
+        if not rendering.mark_significance(table, comparison):
+            click.echo(f"warning: {path}: {comparison['a_label']} ({comparison.get('metric')}) is not a column of this "
+                       "table; no marks", err=True)
     text = rendering.FORMATS[fmt](table)
     if out is None:
         click.echo(text, nl=False)
@@ -207,4 +251,66 @@ def render(results: tuple[Path, ...], fmt: str, reference: str | None, metric: s
         click.echo(f"wrote {out}", err=True)
     if plot_path is not None:
         rendering.plot(table, plot_path)
+        click.echo(f"wrote {plot_path}", err=True)
+
+
+@leaderboard.command()
+@click.argument("a", type=DIR)
+@click.argument("b", type=DIR)
+@click.option("--resamples", type=click.IntRange(min=100, max=1_000_000), default=2000, show_default=True,
+              help="Bootstrap resamples (test images per class, and seeds of a side with 2+ seeds).")
+@click.option("--confidence", type=click.FloatRange(min=0.5, max=0.999), default=0.95, show_default=True,
+              help="Confidence level of the intervals.")
+@click.option("--seed", "random_seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed of the bootstrap (the output is deterministic for a given seed).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the comparison as JSON (render --significance reads it).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw a forest plot of A - B per category with the intervals (PNG).")
+@one_line_os_errors
+def compare(a: Path, b: Path, resamples: int, confidence: float, random_seed: int, json_out: Path | None,
+            plot_path: Path | None) -> None:
+    """Paired statistics of submission A against submission B on image AUROC.
+
+    \b
+    A and B are submission folders (results.json + predictions/seed-<s>/) scored on the
+    same dataset, e.g. AttentDifferNet-SE vs DifferNet, each with several seeds:
+      insplad leaderboard compare runs/t2/results/differnet-se runs/t2/results/differnet-none
+    Per category: mean ± std over seeds, the difference A - B with a bootstrap interval over
+    the test images (same images for A and B) and the seeds; across categories: Wilcoxon
+    signed-rank and sign tests; then one verdict line. Method: leaderboard/compare.py.
+    """
+    import statistics
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from insplad_tools.fsutil import atomic_write_text
+    from leaderboard import compare as comparing
+
+    inputs = {"A": a, "B": b}
+    for target in (json_out, plot_path):
+        if target is not None:
+            ensure_disjoint(target, inputs)
+    cmp = comparing.compare(a, b, resamples=resamples, confidence=confidence, seed=random_seed)
+    level = f"{round(100 * confidence)}% CI"
+    table = Table(title=f"A = {cmp.a_label}  vs  B = {cmp.b_label}: image AUROC, %")
+    for name in ("category", "good/anom", "A mean ± std", "B mean ± std", "A − B", level, ""):
+        table.add_column(name, justify="left" if name == "category" else "right", no_wrap=True)
+    for row in cmp.categories:
+        table.add_row(row.category, f"{row.n_good}/{row.n_anomalous}", f"{100 * row.a_mean:.2f} ± {100 * row.a_std:.2f}",
+                      f"{100 * row.b_mean:.2f} ± {100 * row.b_std:.2f}", f"{100 * row.diff:+.2f}",
+                      f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]", "*" if row.significant else "")
+    significant = cmp.mean_ci[0] > 0 or cmp.mean_ci[1] < 0
+    table.add_row("mean", "", f"{100 * statistics.fmean(r.a_mean for r in cmp.categories):.2f}",
+                  f"{100 * statistics.fmean(r.b_mean for r in cmp.categories):.2f}", f"{100 * cmp.mean_diff:+.2f}",
+                  f"[{100 * cmp.mean_ci[0]:+.2f}, {100 * cmp.mean_ci[1]:+.2f}]", "*" if significant else "", style="bold")
+    table.caption = f"* : the {level} of A − B excludes 0"
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    click.echo(comparing.to_text(cmp))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(cmp.as_dict(), indent=1) + "\n")
+        click.echo(f"wrote {json_out}", err=True)
+    if plot_path is not None:
+        comparing.plot(cmp, plot_path)
         click.echo(f"wrote {plot_path}", err=True)

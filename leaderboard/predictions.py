@@ -22,6 +22,7 @@ A submission (the output of ``insplad benchmark``) is ``results.json`` plus
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import zipfile
@@ -31,13 +32,15 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from insplad_tools.errors import InspladError
-from insplad_tools.fsutil import atomic_write_text
+from insplad_tools.fsutil import atomic_write_bytes, atomic_write_text
+from insplad_tools.jsonfile import load_json
 
 FORMAT = "insplad-predictions/1"
 PREDICTIONS_FILE = "predictions.json"
 MAX_JSON_BYTES = 64 << 20
 MAX_MAP_BYTES = 64 << 20
 MAX_MAP_PIXELS = 8192 * 8192
+MAX_ITEMS = 1_000_000
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -113,6 +116,19 @@ def map_name(image_rel: str) -> str:
     return f"maps/{defect}/{stem}.npz"
 
 
+def save_map_file(target: Path, amap: np.ndarray, dtype: str = "float32") -> None:
+    """Write one map as an ``.npz`` (key ``map``, deflated) whose bytes depend only on the array,
+    atomically: the same map always gives the same file, and a killed run leaves no half file."""
+    array = io.BytesIO()
+    np.lib.format.write_array(array, np.ascontiguousarray(np.asarray(amap, dtype=dtype)), allow_pickle=False)
+    info = zipfile.ZipInfo("map.npy", date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr(info, array.getvalue())
+    atomic_write_bytes(Path(target), archive.getvalue())
+
+
 def write_category(folder: Path, category: str, items: list[tuple[str, float, np.ndarray | None]],
                    *, map_dtype: str = "float32") -> None:
     """Write one category's predictions: (image rel path, score, optional 2-D map) per test image."""
@@ -124,9 +140,7 @@ def write_category(folder: Path, category: str, items: list[tuple[str, float, np
         entry: dict = {"image": image, "score": float(score), "map": None}
         if amap is not None:
             rel = map_name(image)
-            target = folder / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(target, map=np.asarray(amap, dtype=map_dtype))
+            save_map_file(folder / rel, amap, map_dtype)
             entry["map"] = rel
         records.append(entry)
     payload = {"format": FORMAT, "category": category, "items": records}
@@ -139,14 +153,10 @@ def read_category(folder: Path) -> CategoryPredictions:
     path = folder / PREDICTIONS_FILE
     if not path.is_file():
         raise PredictionsError(f"{path}: missing")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise PredictionsError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PredictionsError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    except UnicodeDecodeError as exc:
-        raise PredictionsError(f"{path}: not UTF-8 text") from exc
+        data = load_json(path, max_bytes=MAX_JSON_BYTES)
+    except InspladError as exc:
+        raise PredictionsError(exc.message) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PredictionsError(f"{path}: not an {FORMAT} file (format field missing or different)")
     if not isinstance(data.get("items"), list) or not isinstance(data.get("category"), str):
@@ -168,6 +178,8 @@ def read_category(folder: Path) -> CategoryPredictions:
         except OverflowError as exc:
             raise PredictionsError(f"{path}: item {i} ({raw['image']}) has a score too large for a float") from exc
         items.append(Prediction(raw["image"], value, amap))
+    if len(items) > MAX_ITEMS:
+        raise PredictionsError(f"{path}: more than {MAX_ITEMS} items")
     return CategoryPredictions(data["category"], folder, items)
 
 

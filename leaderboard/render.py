@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leaderboard.results import is_test_selected
+
 REFERENCE_DIR = Path(__file__).parent / "reference"
 REFERENCES = ("insplad-fault", "mvtec", "wafer", "insplad-seg-auroc", "insplad-seg-aupro")
 METRIC_TITLES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (FPR ≤ 0.3)",
@@ -22,7 +24,7 @@ METRIC_TITLES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "au
 MEAN = "mean"
 ATTENTION_NAMES = {"se": "SENet", "cbam": "CBAM"}
 FAMILY_NAMES = {"differnet": "DifferNet", "simplenet": "SimpleNet", "efficientad": "EfficientAD", "fastflow": "FastFlow",
-                "rdpp": "RD++", "patchcore": "PatchCore"}
+                "rdpp": "RD++", "patchcore": "PatchCore", "cflow": "CFLOW-AD", "csflow": "CS-Flow", "padim": "PaDiM"}
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Column:
     source: str
     values: dict[str, float | None] = field(default_factory=dict)  # category (or "mean") -> percent
     ours: bool = False
+    marks: dict[str, str] = field(default_factory=dict)  # category (or "mean") -> significance mark (↑ / ↓)
 
 
 @dataclass
@@ -92,26 +95,77 @@ def display_label(doc: dict[str, Any]) -> str:
             label = label[:-1] + ", " + "+".join(f"AB{b}" for b in sorted(blocks)) + ")"
     elif method in ("simplenet", "efficientad", "patchcore"):
         base = FAMILY_NAMES[method]
-        backbone = {"resnet18": "RN18"}.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
+        backbone = variant.get("backbone_label") or {"resnet18": "RN18"}.get(str(variant.get("backbone", "")),
+                                                                             variant.get("backbone") or "")
         parts = [p for p in (backbone, None if attention == "none" else att_name) if p]
         label = f"{base} ({'-'.join(parts)})" if parts else base
+    elif method in ("fastflow", "rdpp"):  # seed 000 Tables 2-4 write the attention first: "FastFlow (SE-RN18)"
+        backbone = {"resnet18": "RN18"}.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
+        parts = [p for p in (None if attention == "none" else attention.upper(), backbone) if p]
+        label = f"{FAMILY_NAMES[method]} ({'-'.join(parts)})" if parts else FAMILY_NAMES[method]
+    elif method in ("cflow", "csflow", "padim"):
+        label = FAMILY_NAMES[method] + ("" if attention == "none" else f" ({att_name})")
     else:
         label = method + ("" if attention == "none" else f" ({att_name})")
     agg = doc.get("aggregation", {})
     seeds = agg.get("seeds", [])
     if len(seeds) > 1:
         label += f" [{agg.get('report')} of {len(seeds)}]"
+    if is_test_selected(doc):
+        label += " [test-set model selection]"
     return label + " — ours"
 
 
+def partial_note(doc: dict[str, Any], label: str, metric: str) -> str | None:
+    """A note for a results file that covers only some of its dataset's categories, else None."""
+    from leaderboard.results import coverage
+
+    found = coverage(doc)
+    if found is None or not found[2]:
+        return None
+    covered, total, missing = found
+    mean = doc["mean"].get(metric)
+    shown = "–" if mean is None else f"{100.0 * mean:.2f}"
+    return (f"{label}: PARTIAL, {covered} of {total} dataset categories (missing: {', '.join(missing)}); "
+            f"its mean over those ({shown}) is not shown as an average")
+
+
 def our_column(doc: dict[str, Any], metric: str, source: str) -> Column:
+    """Our column; a partial results file (categories of its dataset missing) is marked and gets no average."""
+    from leaderboard.results import coverage
+
     values: dict[str, float | None] = {}
     for row in doc["categories"]:
         value = row.get(metric)
         values[row["category"]] = None if value is None else 100.0 * value
-    mean = doc["mean"].get(metric)
-    values[MEAN] = None if mean is None else 100.0 * mean
-    return Column(display_label(doc), doc["method"], source, values, ours=True)
+    found = coverage(doc)
+    label = display_label(doc)
+    if found is not None and found[2]:
+        label += f" [partial {found[0]}/{found[1]}]"
+        values[MEAN] = None
+    else:
+        mean = doc["mean"].get(metric)
+        values[MEAN] = None if mean is None else 100.0 * mean
+    return Column(label, doc["method"], source, values, ours=True)
+
+
+def align_categories(values: dict[str, float | None], known: set[str]) -> dict[str, float | None]:
+    """Rename our categories to the reference's rows through the taxonomy's aliases, so a released folder's
+    ``glass-insulator`` or ``isolador_vidro`` lines up with the papers' ``glass_insulator`` row."""
+    from insplad_tools.dataset.taxonomy import UnknownClassError, load_taxonomy
+
+    if not known or all(c in known or c == MEAN for c in values):
+        return values
+    taxonomy = load_taxonomy()
+    out: dict[str, float | None] = {}
+    for category, value in values.items():
+        try:
+            canonical = taxonomy.category_of(category) if category not in known and category != MEAN else None
+        except UnknownClassError:  # not an InsPLAD name: it keeps a row of its own
+            canonical = None
+        key = canonical if canonical in known and canonical not in values and canonical not in out else category
+        out[key] = value
+    return out
 
 
 def build_table(results: list[tuple[str, dict[str, Any]]], *, reference: str | None = None, metric: str | None = None,
@@ -129,7 +183,11 @@ def build_table(results: list[tuple[str, dict[str, Any]]], *, reference: str | N
     known = {c for c, _ in rows}
     for source, doc in results:
         col = our_column(doc, metric, source)
+        col.values = align_categories(col.values, known)
         columns.append(col)
+        note = partial_note(doc, col.label, metric)
+        if note:
+            notes.append(note)
         for category in col.values:
             if category != MEAN and category not in known:
                 rows.append((category, category_title(category)))
@@ -160,7 +218,7 @@ def to_markdown(table: Table) -> str:
         bold, underline = table.marks(category)
         cells = []
         for i, col in enumerate(table.columns):
-            text = _fmt(col.values.get(category))
+            text = _fmt(col.values.get(category)) + col.marks.get(category, "")
             if i in underline:
                 text = f"<u>{text}</u>"
             if i in bold:
@@ -189,7 +247,7 @@ def to_html(table: Table) -> str:
         bold, underline = table.marks(category)
         cells = []
         for i, col in enumerate(table.columns):
-            text = esc(_fmt(col.values.get(category)))
+            text = esc(_fmt(col.values.get(category)) + col.marks.get(category, ""))
             if i in underline:
                 text = f"<u>{text}</u>"
             if i in bold:
@@ -248,3 +306,23 @@ def plot(table: Table, path: Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def mark_significance(table: Table, comparison: dict[str, Any]) -> bool:
+    """Mark A's cells where ``insplad leaderboard compare A B --json`` found A − B significant (its
+    bootstrap interval excludes 0): ↑ above B, ↓ below. Returns False when A is not a column of the table."""
+    target = f"{comparison['a_label']} — ours"
+    columns = [c for c in table.columns if c.ours and c.label.startswith(target)]
+    if not columns or table.metric != comparison.get("metric"):
+        return False
+    rows = [(r["category"], r["ci_low"], r["ci_high"]) for r in comparison["categories"]]
+    rows.append((MEAN, *comparison["mean_ci"]))
+    for category, low, high in rows:
+        if low > 0 or high < 0:
+            for col in columns:
+                col.marks[category] = "↑" if low > 0 else "↓"
+    level = round(100 * comparison["confidence"])
+    table.notes.append(f"↑/↓ on {comparison['a_label']}: significantly above/below {comparison['b_label']} "
+                       f"({level}% bootstrap CI of the difference over seeds and test images excludes 0; "
+                       "insplad leaderboard compare)")
+    return True

@@ -39,6 +39,7 @@ from typing import Any
 
 from insplad_tools.errors import InspladError
 from insplad_tools.fsutil import atomic_write_text
+from insplad_tools.jsonfile import load_json
 
 SCHEMA = "insplad-results/1"
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
@@ -164,6 +165,34 @@ def _check_meta(doc: dict, problems: list[str]) -> None:
     notes = doc.get("notes")
     if notes is not None and not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
         problems.append("notes: must be a list of strings")
+    _check_protocol(doc.get("protocol"), problems)
+
+
+PROTOCOLS = {"clean": "last epoch", "paper": "test-set model selection"}
+
+
+def _check_protocol(protocol: Any, problems: list[str]) -> None:
+    """``protocol`` is optional (files before it count as ``clean``); when present, name and selection agree."""
+    if protocol is None:
+        return
+    if not isinstance(protocol, dict) or protocol.get("name") not in PROTOCOLS:
+        problems.append(f"protocol.name: must be one of {', '.join(PROTOCOLS)}")
+        return
+    if protocol.get("model_selection") != PROTOCOLS[protocol["name"]]:
+        problems.append(f"protocol.model_selection: must be {PROTOCOLS[protocol['name']]!r} for protocol "
+                        f"{protocol['name']!r}")
+    every = protocol.get("eval_every")
+    if every is not None and not _is_int(every, 1):
+        problems.append("protocol.eval_every: must be an integer >= 1 or null")
+    split = protocol.get("val_split")
+    if split is not None and not (_is_number(split) and 0 < split < 1):
+        problems.append("protocol.val_split: must be a fraction in (0, 1) or null")
+
+
+def is_test_selected(doc: dict) -> bool:
+    """Whether the numbers of a results document come from test-set model selection (``--protocol paper``)."""
+    protocol = doc.get("protocol")
+    return isinstance(protocol, dict) and protocol.get("name") == "paper"
 
 
 def _check_row(row: dict, where: str, seeds: list[int], report: str | None, problems: list[str]) -> None:
@@ -234,6 +263,11 @@ def validate_results(doc: Any) -> list[str]:
     dataset = doc["dataset"]
     if not (isinstance(dataset.get("name"), str) and dataset["name"]):
         problems.append("dataset.name: must be a non-empty string")
+    listed = dataset.get("categories")
+    if listed is not None and not (isinstance(listed, list) and all(isinstance(c, str) and c for c in listed)
+                                   and len(set(listed)) == len(listed)):
+        problems.append("dataset.categories: must be a list of distinct category names")
+        listed = None
     sha = dataset.get("manifest_sha256")
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         problems.append("dataset.manifest_sha256: must be 64 lowercase hex characters")
@@ -263,6 +297,10 @@ def validate_results(doc: Any) -> list[str]:
         names.add(row["category"])
         _check_row(row, where, seeds, report, problems)
         rows_ok = rows_ok and all(row.get(m) is None or _is_fraction(row[m]) for m in HEADLINE)
+    if listed is not None:
+        outside = sorted(names - set(listed))
+        if outside:
+            problems.append(f"categories: {', '.join(outside)} not in dataset.categories")
     mean = doc["mean"]
     for metric in HEADLINE:
         value = mean.get(metric)
@@ -275,6 +313,21 @@ def validate_results(doc: Any) -> list[str]:
                 problems.append(f"mean.{metric}: claims {mean.get(metric)!r} but the categories average to {value!r}")
     _check_meta(doc, problems)
     return problems
+
+
+def coverage(doc: dict[str, Any], dataset_categories: list[str] | None = None) -> tuple[int, int, list[str]] | None:
+    """(categories covered, categories in the dataset, missing names) of a results document, or
+    None when the dataset's category list is unknown (not recorded and not given)."""
+    listed = dataset_categories
+    if listed is None:
+        dataset = doc.get("dataset") if isinstance(doc.get("dataset"), dict) else {}
+        listed = dataset.get("categories") if isinstance(dataset.get("categories"), list) else None
+    if listed is None:
+        return None
+    listed = [c for c in listed if isinstance(c, str)]
+    rows = {r.get("category") for r in doc.get("categories", []) if isinstance(r, dict) and isinstance(r.get("category"), str)}
+    missing = sorted(c for c in listed if c not in rows)
+    return len(listed) - len(missing), len(listed), missing
 
 
 def write_results(path: Path, doc: dict[str, Any]) -> None:
@@ -292,9 +345,9 @@ def load_results(path: Path, max_bytes: int = 16 << 20) -> dict[str, Any]:
     if path.stat().st_size > max_bytes:
         raise ResultsError(f"{path}: larger than {max_bytes >> 20} MiB")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        doc = load_json(path, max_bytes=max_bytes)
+    except InspladError as exc:
+        raise ResultsError(exc.message) from None
     problems = validate_results(doc)
     if problems:
         raise ResultsError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

@@ -14,6 +14,7 @@ from PIL import Image
 
 from insplad_tools import mvtec
 from insplad_tools.errors import DatasetError
+from insplad_tools.safety import image_size_guard
 from leaderboard import metrics
 from leaderboard.predictions import CategoryPredictions, Prediction, PredictionsError, read_run
 from leaderboard.resize import resize_bilinear
@@ -65,9 +66,9 @@ def matched_predictions(category: mvtec.Category, preds: CategoryPredictions) ->
 def read_mask(sample: mvtec.Sample) -> np.ndarray:
     """The boolean ground-truth mask of an anomalous test image (any non-zero pixel is anomalous)."""
     try:
-        with Image.open(sample.mask_path) as img:
+        with image_size_guard(sample.mask_path), Image.open(sample.mask_path) as img:
             mask = np.asarray(img)
-    except OSError as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"{sample.mask_path}: unreadable mask ({exc})") from exc
     if mask.ndim == 3:
         mask = mask.any(axis=2)
@@ -77,9 +78,9 @@ def read_mask(sample: mvtec.Sample) -> np.ndarray:
 def image_shape(sample: mvtec.Sample) -> tuple[int, int]:
     """(rows, cols) of a test image, read from its header only."""
     try:
-        with Image.open(sample.path) as img:
+        with image_size_guard(sample.path), Image.open(sample.path) as img:
             width, height = img.size
-    except OSError as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"{sample.path}: unreadable image ({exc})") from exc
     return height, width
 

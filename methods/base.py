@@ -13,10 +13,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import io
+import math
 import os
 import pickle
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +29,8 @@ from insplad_tools.errors import InspladError
 from methods.attention import check_attention
 
 CHECKPOINT_FORMAT = "insplad-checkpoint/1"
+MAX_OPTION_INT = 2**31 - 1  # larger integer options only crash native code
+CHECKPOINT_TMP_PREFIX = "."  # temporary checkpoints are ".<name>.pt.tmp-<pid>" beside the target
 
 
 @dataclass
@@ -61,10 +64,16 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str) -> str:
     """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", name or ""):
+        raise InspladError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InspladError("--device cuda requested but torch sees no CUDA device (use --device cpu or auto)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise InspladError(f"--device {name}: torch sees only {torch.cuda.device_count()} CUDA device(s)")
     return name
 
 
@@ -97,13 +106,21 @@ def _convert(key: str, raw: Any, default: Any) -> Any:
                 return False
             raise ValueError(raw)
         if isinstance(default, int):
-            return int(raw)
+            value = int(raw)
+            if abs(value) > MAX_OPTION_INT:
+                raise ValueError(raw)
+            return value
         if isinstance(default, float):
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
         if isinstance(default, tuple):
             return tuple(type(default[0])(v) for v in raw.split(",")) if default else tuple(raw.split(","))
     except ValueError as exc:
-        raise InspladError(f"option {key}={raw!r}: expected {type(default).__name__}") from exc
+        kind = {"int": f"an integer of at most {MAX_OPTION_INT:,} in size", "float": "a finite number"}.get(
+            type(default).__name__, type(default).__name__)
+        raise InspladError(f"option {key}={raw!r}: expected {kind}") from exc
     return raw
 
 
@@ -117,6 +134,20 @@ class Detector(abc.ABC):
     default_epochs: ClassVar[int] = 10
     default_batch_size: ClassVar[int] = 8
     default_image_size: ClassVar[int] = 256
+    # ``--protocol paper``: epochs between test evaluations in the method's reference code (None: it has none).
+    paper_eval_every: ClassVar[int | None] = None
+    # Whether the method uses held-out normal images (``--val-split``), e.g. EfficientAD's map quantiles.
+    uses_validation: ClassVar[bool] = False
+    validation_images: list[Path] | None = None  # set by the caller before fit when --val-split is given
+    # Canonical JSON of what makes a run (method, options, data digest, run settings), set by the
+    # caller (``insplad benchmark``); saved in every checkpoint, and a checkpoint resumes only when equal.
+    identity: str | None = None
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any], *, epochs_given: bool) -> tuple[dict[str, Any], str | None]:
+        """Options as a run will use them, given whether ``--epochs`` was explicit, and a line saying what
+        changed (None when nothing did). Default: unchanged."""
+        return options, None
 
     def __init__(self, options: Any, run: RunConfig) -> None:
         if hasattr(options, "attention"):
@@ -163,6 +194,20 @@ class Detector(abc.ABC):
         """The inference computation on a preprocessed batch, used by ``insplad profile``."""
         raise InspladError(f"method {self.name} does not support profiling")
 
+    def export_module(self) -> torch.nn.Module:
+        """The scoring graph for ``insplad export``: images in [0, 1], (B, 3, S, S) -> scores or (scores, maps).
+
+        Normalisation and test-time transforms belong inside the module; a method that cannot score
+        in one graph keeps this default, which says so.
+        """
+        raise InspladError(f"method {self.name} cannot be exported: its scoring is not a single graph")
+
+    def explain_target(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """For Grad-CAM (``insplad explain``): a module mapping images in [0, 1] to scores (B,) with
+        gradients, and the backbone layer to explain. Methods without one keep this default."""
+        raise InspladError(f"Grad-CAM is not available for {self.name}: its score is not differentiable "
+                           "through the backbone")
+
     # -- shared machinery ----------------------------------------------------------------------
     def trainable_parameters(self) -> int:
         seen: set[int] = set()
@@ -174,8 +219,14 @@ class Detector(abc.ABC):
                     total += p.numel()
         return total
 
-    def fit(self, train_images: Sequence[Path], checkpoint: Path | None = None) -> list[dict[str, float]]:
-        """Train for ``run.epochs`` epochs, resuming from ``checkpoint`` when it holds an unfinished run."""
+    def fit(self, train_images: Sequence[Path], checkpoint: Path | None = None, *,
+            evaluate: Callable[[int], dict[str, float]] | None = None, eval_every: int = 0) -> list[dict[str, float]]:
+        """Train for ``run.epochs`` epochs, resuming from ``checkpoint`` when it holds an unfinished run.
+
+        ``evaluate`` (the ``paper`` protocol's test-set evaluation) is called with the number of finished
+        epochs every ``eval_every`` epochs and after the last one; what it returns joins that epoch's
+        history entry, before the checkpoint is written, so a resumed run knows the best epoch so far.
+        """
         from tqdm.auto import tqdm
 
         seed_everything(self.run.seed)
@@ -183,7 +234,8 @@ class Detector(abc.ABC):
         if checkpoint is not None and Path(checkpoint).is_file():
             saved = read_checkpoint(Path(checkpoint))
             if saved["method"] == self.name and saved["options"] == dataclasses.asdict(self.options) \
-                    and saved["run"]["seed"] == self.run.seed and saved.get("finished") is False:
+                    and saved["run"]["seed"] == self.run.seed and saved.get("finished") is False \
+                    and saved.get("identity") == self.identity:
                 self.load_state(saved["state"])
                 self.epochs_done = int(saved["epoch"])
                 self.history = list(saved.get("history", []))
@@ -194,6 +246,9 @@ class Detector(abc.ABC):
             logs = self.train_epoch(epoch)
             self.history.append({"epoch": epoch, **logs})
             self.epochs_done = epoch + 1
+            if evaluate is not None and eval_every > 0 and (self.epochs_done % eval_every == 0
+                                                             or self.epochs_done == self.run.epochs):
+                self.history[-1].update(evaluate(self.epochs_done))
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
             if checkpoint is not None and self.epochs_done < self.run.epochs \
                     and self.epochs_done % max(1, self.run.checkpoint_every) == 0:
@@ -215,13 +270,21 @@ class Detector(abc.ABC):
             "history": self.history,
             "state": self.state(),
             "rng": _capture_rng(),
+            "identity": self.identity,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
+        tmp = path.with_name(f"{CHECKPOINT_TMP_PREFIX}{path.name}.tmp-{os.getpid()}")
+        try:  # a full disk or a signal must not leave half a checkpoint behind
+            tmp.write_bytes(buffer.getvalue())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise InspladError(f"{path}: cannot write checkpoint ({exc.strerror or exc}); "
+                                   "no partial file left behind") from None
+            raise
 
 
 class MapDetector(Detector):
@@ -248,6 +311,24 @@ class MapDetector(Detector):
         model = self._ensure_model()
         model.eval()
         return model(batch.to(self.device))
+
+    def export_module(self) -> torch.nn.Module:
+        if self.model is None:
+            raise InspladError(f"{self.name}: train (fit) or load a checkpoint before exporting")
+        return NormalisedInput(self.model.eval())
+
+
+class NormalisedInput(torch.nn.Module):
+    """Wraps a model that takes ImageNet-normalised input so that it takes images in [0, 1]."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> Any:
+        from methods.data import normalise
+
+        return self.model(normalise(images))
 
 
 def _capture_rng() -> dict[str, Any]:
@@ -279,4 +360,46 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise InspladError(f"{path}: not a readable insplad checkpoint ({unsafe_load_reason(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InspladError(f"{path}: not an {CHECKPOINT_FORMAT} checkpoint")
+    problem = checkpoint_problem(payload)
+    if problem:
+        raise InspladError(f"{path}: malformed checkpoint: {problem}")
     return payload
+
+
+def checkpoint_problem(payload: dict[str, Any]) -> str | None:
+    """The first structural problem of a checkpoint payload (key and what is wrong), or None."""
+    import json
+
+    def bad_int(value: Any, minimum: int, maximum: int = 2**31 - 1) -> bool:
+        return isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum
+
+    if not isinstance(payload.get("method"), str) or not payload["method"]:
+        return "'method' must be a non-empty string"
+    for key in ("options", "run", "state"):
+        if not isinstance(payload.get(key), dict):
+            return f"'{key}' section missing or not a mapping"
+    if not all(isinstance(k, str) for k in payload["options"]):
+        return "'options' keys must be strings"
+    run = payload["run"]
+    for key, minimum, maximum in (("epochs", 0, 10**7), ("batch_size", 1, 65536), ("image_size", 1, 8192),
+                                  ("seed", 0, 2**32 - 1)):
+        if bad_int(run.get(key), minimum, maximum):
+            return f"run.{key} must be an integer in {minimum}..{maximum}"
+    if bad_int(payload.get("epoch"), 0):
+        return "'epoch' must be an integer >= 0"
+    if not isinstance(payload.get("finished"), bool):
+        return "'finished' must be true or false"
+    if not isinstance(payload.get("history", []), list):
+        return "'history' must be a list"
+    identity = payload.get("identity")
+    if identity is not None:
+        try:
+            decoded = json.loads(identity) if isinstance(identity, str) else None
+        except (ValueError, RecursionError):
+            decoded = None
+        if not isinstance(decoded, dict):
+            return "'identity' must be the JSON text of an object"
+        if decoded.get("method") != payload["method"]:
+            return (f"labelled method {payload['method']!r} but written by a {decoded.get('method')!r} run "
+                    "(relabelled checkpoint)")
+    return None

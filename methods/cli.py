@@ -10,8 +10,54 @@ from pathlib import Path
 import click
 import numpy as np
 
-from insplad_tools.errors import InspladError
+from insplad_tools.errors import InspladError, one_line_os_errors
+from insplad_tools.safety import OUTPUT_MARKER, ensure_disjoint, read_marker, write_marker
+from leaderboard.results import coverage
 from methods.registry import METHODS
+
+MAX_EPOCHS = 1_000_000
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH = 4096
+MAX_RUNS = 100
+MAX_SEED = 2**31 - 1
+PREDICT_COMMAND = "insplad predict"
+
+
+class BatchSizes(click.ParamType):
+    """A comma-separated list of batch sizes, each an integer in 1..MAX_BATCH."""
+
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, list):
+            return value
+        parts = [p.strip() for p in str(value).split(",") if p.strip()]
+        sizes = []
+        for part in parts:
+            try:
+                size = int(part)
+            except ValueError:
+                self.fail(f"{part!r} is not an integer (expected e.g. 1,32)", param, ctx)
+            if not 1 <= size <= MAX_BATCH:
+                self.fail(f"batch size {size} is not in 1..{MAX_BATCH}", param, ctx)
+            sizes.append(size)
+        if not sizes:
+            self.fail("give at least one batch size, e.g. 1,32", param, ctx)
+        return sizes
+
+
+def _check_predict_out(out: Path, model: Path, images: tuple[Path, ...]) -> None:
+    """predict --out may not overlap its inputs, and may only reuse a folder it wrote itself."""
+    inputs: dict[str, Path | None] = {"the model": model}
+    inputs.update({f"IMAGE {path}": path for path in images})
+    ensure_disjoint(out, inputs)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise InspladError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        marker = read_marker(out)
+        if marker is None or marker.get("command") != PREDICT_COMMAND:
+            raise InspladError(f"{out}: folder is not empty and was not written by {PREDICT_COMMAND} "
+                               f"(no {OUTPUT_MARKER}); choose an empty or new --out")
 
 
 def _parse_options(pairs: tuple[str, ...], attention: str | None = None, blocks: str | None = None) -> dict[str, str]:
@@ -56,7 +102,9 @@ def _print_results(doc: dict) -> None:
                 cells.append(_fmt(row[metric]))
         table.add_row(*cells)
     mean = doc["mean"]
-    table.add_row("mean", "", *sum(([_fmt(mean[m])] + ([""] if multi else []) for m in ("image_auroc", "pixel_auroc", "aupro")), []),
+    found = coverage(doc)
+    label = "mean" if not found or not found[2] else f"mean of {found[0]}/{found[1]} (partial)"
+    table.add_row(label, "", *sum(([_fmt(mean[m])] + ([""] if multi else []) for m in ("image_auroc", "pixel_auroc", "aupro")), []),
                   style="bold")
     Console().print(table)
 
@@ -69,12 +117,15 @@ def _print_results(doc: dict) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dataset root in MVTec AD layout.")
 @click.option("--category", "categories", multiple=True, help="Only this category (repeatable); default: all.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (method default when omitted).")
-@click.option("--image-size", type=click.IntRange(min=16), default=None, help="Square input size in pixels (method default).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size (method default).")
+@click.option("--epochs", type=click.IntRange(min=1, max=MAX_EPOCHS), default=None,
+              help="Training epochs (method default when omitted).")
+@click.option("--image-size", type=click.IntRange(min=16, max=MAX_IMAGE_SIZE), default=None,
+              help="Square input size in pixels (method default).")
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH), default=None,
+              help="Training batch size (method default).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
-@click.option("--seed", type=int, default=0, show_default=True, help="First random seed.")
-@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=0, show_default=True, help="First random seed.")
+@click.option("--runs", type=click.IntRange(min=1, max=MAX_RUNS), default=1, show_default=True,
               help="Independent runs with seeds seed..seed+N-1.")
 @click.option("--report", type=click.Choice(["best", "mean"]), default="best", show_default=True,
               help="Per-category value reported over the runs (seed 000 reports the best of two).")
@@ -85,11 +136,23 @@ def _print_results(doc: dict) -> None:
               help="Backbone state dict file to use instead of torchvision's ImageNet weights.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: results.json, predictions/, checkpoints/ (re-run to resume).")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--checkpoint-every", type=click.IntRange(min=1, max=MAX_EPOCHS), default=1, show_default=True,
               help="Epochs between resumable checkpoints (a full DifferNet checkpoint with optimiser state is ~2 GB).")
+@click.option("--protocol", type=click.Choice(["clean", "paper"]), default="clean", show_default=True,
+              help="clean: fixed epochs, last epoch, no look at test labels. paper: evaluate on the test set every "
+                   "--eval-every epochs and report the best epoch (test-set model selection, as the original "
+                   "DifferNet/SimpleNet code; labelled so in results and tables).")
+@click.option("--eval-every", type=click.IntRange(min=1, max=MAX_EPOCHS), default=None,
+              help="--protocol paper: epochs between test evaluations (default: the method's reference code, "
+                   "differnet 8, simplenet 4).")
+@click.option("--val-split", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help="Fraction of train/good held out (seeded) as validation data for methods that use it "
+                   "(efficientad: map quantiles).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@one_line_os_errors
 def benchmark(method, attention, blocks, data, categories, epochs, image_size, batch_size, device, seed, runs, report,
-              option_pairs, no_pretrained, weights, out, checkpoint_every, quiet) -> None:
+              option_pairs, no_pretrained, weights, out, checkpoint_every, protocol, eval_every, val_split,
+              quiet) -> None:
     """Train a method on train/good of every category, score test/*, write a checkable submission.
 
     \b
@@ -107,11 +170,14 @@ def benchmark(method, attention, blocks, data, categories, epochs, image_size, b
 
     if weights is not None and no_pretrained:
         raise InspladError("--weights and --no-pretrained exclude each other")
+    if seed + runs - 1 > MAX_SEED:
+        raise InspladError(f"--seed {seed} with --runs {runs}: seeds above {MAX_SEED} are not supported")
     cfg = BenchmarkConfig(method=method, data=data, out=out, options=_parse_options(option_pairs, attention, blocks),
                           categories=list(categories) or None, epochs=epochs, image_size=image_size,
                           batch_size=batch_size, device=device, seed=seed, runs=runs, report=report,
                           pretrained=not no_pretrained, weights=str(weights) if weights else None, progress=not quiet,
-                          checkpoint_every=checkpoint_every)
+                          checkpoint_every=checkpoint_every, protocol=protocol, eval_every=eval_every,
+                          val_split=val_split)
     doc = run_benchmark(cfg, log=lambda line: click.echo(line, err=True))
     _print_results(doc)
     for note in doc["notes"]:
@@ -136,25 +202,42 @@ def _overlay(image_path: Path, amap: np.ndarray, target: Path) -> None:
 
 
 @click.command("predict")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A finished checkpoint written by insplad benchmark (checkpoints/seed-<s>/<category>.pt).")
+@click.option("--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Instead of --checkpoint: a folder written by insplad export (ONNX Runtime / OpenVINO).")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for scores.csv (and maps/*.npz + overlays/*.png for methods with maps).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def predict(checkpoint, images, out, device) -> None:
-    """Score IMAGES with a trained model; prints image,score CSV (higher = more anomalous)."""
+@one_line_os_errors
+def predict(checkpoint, model_dir, images, out, device) -> None:
+    """Score IMAGES with a trained model; prints image,score CSV (higher = more anomalous).
+
+    The model is a checkpoint (--checkpoint, run with torch) or an exported folder (--model, run
+    with ONNX Runtime or OpenVINO on the CPU); both print the same CSV.
+    """
     from methods.base import resolve_device
     from methods.registry import load_detector
 
-    detector = load_detector(checkpoint, resolve_device(device))
-    detector.run.progress = False
-    results = detector.predict(list(images))
+    if (checkpoint is None) == (model_dir is None):
+        raise InspladError("give exactly one of --checkpoint (a trained checkpoint) or --model (an exported folder)")
+    if out is not None:
+        _check_predict_out(out, checkpoint or model_dir, images)
+    if model_dir is not None:
+        from methods.export import ExportedModel
+
+        results = ExportedModel.open(model_dir).predict(list(images))
+    else:
+        detector = load_detector(checkpoint, resolve_device(device))
+        detector.run.progress = False
+        results = detector.predict(list(images))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image", "score", "map"])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, PREDICT_COMMAND)
     for i, (path, result) in enumerate(zip(images, results)):
         map_rel = ""
         if out is not None and result.map is not None:
@@ -177,22 +260,22 @@ def predict(checkpoint, images, out, device) -> None:
 @click.option("--method", required=True, type=click.Choice(sorted(METHODS)), help="Method to profile.")
 @click.option("--attention", type=click.Choice(["none", "se", "cbam"]), default=None, help="Attention variant.")
 @click.option("--blocks", default=None, metavar="1,2,3", help="Which attention blocks (DifferNet: AB1..AB3).")
-@click.option("--image-size", type=click.IntRange(min=16), default=None, help="Input size (method default).")
+@click.option("--image-size", type=click.IntRange(min=16, max=MAX_IMAGE_SIZE), default=None,
+              help="Input size (method default).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="Method-specific option (repeatable).")
-@click.option("--batch-sizes", default="1,32", show_default=True, help="Comma-separated batch sizes to time.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed calls per batch size (median).")
+@click.option("--batch-sizes", type=BatchSizes(), default="1,32", show_default=True,
+              help=f"Comma-separated batch sizes to time (each 1..{MAX_BATCH}).")
+@click.option("--repeats", type=click.IntRange(min=1, max=1000), default=3, show_default=True,
+              help="Timed calls per batch size (median).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+@one_line_os_errors
 def profile(method, attention, blocks, image_size, device, option_pairs, batch_sizes, repeats, as_json) -> None:
     """Trainable parameters, model size (MB) and inference latency at batch 1 and 32 (seed 003 Table 4)."""
     from methods.profiling import profile_method
 
-    try:
-        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-    except ValueError as exc:
-        raise InspladError(f"--batch-sizes {batch_sizes!r}: expected comma-separated integers") from exc
     result = profile_method(method, _parse_options(option_pairs, attention, blocks), image_size=image_size,
-                            device=device, batch_sizes=sizes, repeats=repeats)
+                            device=device, batch_sizes=batch_sizes, repeats=repeats)
     if as_json:
         click.echo(json.dumps(result.__dict__, indent=1, default=str))
         return

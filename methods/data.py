@@ -12,22 +12,27 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from insplad_tools.errors import InspladError
+from insplad_tools.safety import image_size_guard
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image as 8-bit RGB, honouring EXIF orientation; one clear error when unreadable."""
+    """Open an image as 8-bit RGB, honouring EXIF orientation; one clear error when unreadable.
+
+    Oversized images follow the one decompression-bomb policy of every command
+    (:func:`insplad_tools.safety.image_size_guard`).
+    """
     try:
-        with Image.open(path) as img:
+        with image_size_guard(path), Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img, dtype=np.float64)
                 top = arr.max() or 1.0
                 img = Image.fromarray((arr * (255.0 / top)).astype(np.uint8))
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InspladError(f"{path}: cannot read image ({exc})") from exc
 
 

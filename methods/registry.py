@@ -38,6 +38,16 @@ METHODS: dict[str, MethodSpec] = {
                    "EfficientAD-S: PDN teacher/student (+SE/CBAM) and autoencoder; maps."),
         MethodSpec("patchcore", "methods.patchcore.detector:PatchCoreDetector",
                    "PatchCore: (SE/CBAM-)ResNet-18 patch memory bank with greedy coreset; maps."),
+        MethodSpec("padim", "methods.padim.detector:PadimDetector",
+                   "PaDiM: ResNet-18 layers 1-3, random 100 channels, per-position Gaussian, Mahalanobis maps."),
+        MethodSpec("rdpp", "methods.rdpp.detector:RDPPDetector",
+                   "RD++: (SE/CBAM-)ResNet-18 teacher, multi-projection layer, OCBE, reverse-distilled student; maps."),
+        MethodSpec("fastflow", "methods.fastflow.detector:FastFlowDetector",
+                   "FastFlow: 2-D FrEIA flows over (SE/CBAM-)ResNet-18 layers 1-3; maps."),
+        MethodSpec("cflow", "methods.cflow.detector:CFlowDetector",
+                   "CFLOW-AD: positional-encoding conditional FrEIA flows on WRN-50-2 (or ResNet-18) fibers; maps."),
+        MethodSpec("csflow", "methods.csflow.detector:CSFlowDetector",
+                   "CS-Flow: cross-scale fully convolutional FrEIA flow on EfficientNet-B5 at 3 scales; maps."),
     )
 }
 
@@ -59,13 +69,27 @@ def load_detector(path: Path, device: str = "cpu") -> Detector:
     payload = read_checkpoint(Path(path))
     if not payload.get("finished", False):
         raise InspladError(f"{path}: checkpoint is from an unfinished training run")
+    if payload["method"] not in METHODS:
+        raise InspladError(f"{path}: method {payload['method']!r} is not registered (known: {', '.join(METHODS)})")
     cls = get_method(payload["method"])
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
     run = RunConfig(**{k: v for k, v in payload["run"].items() if k in run_fields})
     run.device = device
     run.pretrained = False  # weights come from the checkpoint, never re-downloaded
-    detector = cls(cls.Options(**payload["options"]), run)
-    detector.load_state(payload["state"])
+    try:
+        options = coerce_options(cls.Options, payload["options"])
+    except InspladError as exc:
+        raise InspladError(f"{path}: options: {exc.message}") from exc
+    try:
+        detector = cls(options, run)
+        detector.load_state(payload["state"])
+    except InspladError as exc:
+        raise InspladError(f"{path}: {exc.message}") from exc
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InspladError(f"{path}: state does not fit a {payload['method']} model "
+                           f"({type(exc).__name__}: {detail[:200]})") from exc
+    detector.identity = payload.get("identity")
     detector.history = list(payload.get("history", []))
     detector.epochs_done = int(payload.get("epoch", 0))
     return detector

@@ -37,7 +37,12 @@ def load_state_dict(weights: Any, *, pretrained: bool, path: str | Path | None, 
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
-            raise InspladError(f"{path}: expected a state dict (mapping of parameter names to tensors)")
+            raise InspladError(f"{path}: expected a state dict (mapping of parameter names to tensors), "
+                               f"got {type(state).__name__}")
+        bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+        if bad is not None or not state:
+            what = "is empty" if bad is None else f"entry {str(bad)[:60]!r} is not a tensor"
+            raise InspladError(f"{path}: expected a state dict of parameter tensors; {what}")
         return state
     if not pretrained:
         return None

@@ -61,7 +61,7 @@ EXPECTED = {
     ("error", "supercategory-label", 10), ("error", "image-size-mismatch", None),
     ("warning", "duplicate-annotation", 2), ("warning", "overlapping-annotations", 3),
     ("warning", "outside-image", 11), ("warning", "normal-category", 12), ("warning", "empty-mask", 13),
-    ("warning", "missing-image", None),
+    ("error", "missing-image", None),
 }
 
 
@@ -93,8 +93,10 @@ def test_text_report_groups_findings_with_counts(tmp_path: Path) -> None:
 
 def test_clean_export_passes_and_zip_works(tmp_path: Path) -> None:
     root = tmp_path / "clean"
-    write_split(root / "valid", [image_entry(1, "a.jpg", 100, 80), image_entry(2, "b.jpg", 100, 80)],
-                [polygon_ann(1, 1, 2, SQUARE), polygon_ann(2, 1, 3, [50, 50, 70, 50, 70, 70, 50, 70])])
+    entries = [image_entry(1, "a.jpg", 100, 80), image_entry(2, "b.jpg", 100, 80)]
+    write_split(root / "valid", entries,
+                [polygon_ann(1, 1, 2, SQUARE), polygon_ann(2, 1, 3, [50, 50, 70, 50, 70, 70, 50, 70])],
+                pixels={e["file_name"]: np.zeros((80, 100, 3), np.uint8) for e in entries})
     code, out = run("annotations", "check", root)
     assert code == 0 and "OK: 0 errors, 0 warning(s)" in out
     archive = shutil.make_archive(str(tmp_path / "clean"), "zip", root)

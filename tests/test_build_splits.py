@@ -18,6 +18,7 @@ from insplad_tools.dataset.taxonomy import UnknownClassError, load_taxonomy
 from insplad_tools.cli import main
 from insplad_tools.errors import InspladError
 from insplad_tools.mvtec import read_dataset
+from insplad_tools.safety import OUTPUT_MARKER
 
 FRAME_W, FRAME_H = 160, 120
 
@@ -104,7 +105,9 @@ def run_cli(*args: str) -> "click.testing.Result":  # noqa: F821
 
 
 def files_under(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes, except the output marker (it records when and by which process it was written)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != OUTPUT_MARKER}
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +231,12 @@ def test_existing_output_needs_overwrite(raw: Path, built: Path, tmp_path: Path)
     result = CliRunner().invoke(main, ["build-splits", str(raw), str(out), "-q"])
     assert result.exit_code != 0 and "--overwrite" in result.output and (out / "keep.txt").exists()
     result = CliRunner().invoke(main, ["build-splits", str(raw), str(out), "-q", "--overwrite"])
-    assert result.exit_code == 0 and not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    assert result.exit_code == 1 and "not a folder written by insplad" in result.output and (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    assert CliRunner().invoke(main, ["build-splits", str(raw), str(out), "-q"]).exit_code == 0
+    (out / "stats.md").write_text("stale")
+    result = CliRunner().invoke(main, ["build-splits", str(raw), str(out), "-q", "--overwrite"])
+    assert result.exit_code == 0 and (out / "stats.md").read_text() != "stale" and (out / "manifest.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 

@@ -144,6 +144,12 @@ def test_training_image(sub, toy_dataset):
 
 def test_nan_score(sub, toy_dataset):
     edit_json(preds_file(sub), lambda d: d["items"][0].update(score=float("nan")))
+    assert "predictions.json: JSON holds the non-standard constant NaN" in problems_of(sub, toy_dataset)
+
+
+def test_score_too_large_for_a_float(sub, toy_dataset):
+    edit_json(preds_file(sub), lambda d: d["items"][0].update(score=1e308))
+    preds_file(sub).write_text(preds_file(sub).read_text().replace("1e+308", "1e999", 1))
     assert "score(s) are NaN or infinite: disc/test/good/000.png" in problems_of(sub, toy_dataset)
 
 
@@ -211,7 +217,7 @@ def test_oversize_files_are_refused(sub, toy_dataset, monkeypatch):
     assert "map file larger than" in problems_of(sub, toy_dataset)
     monkeypatch.undo()
     monkeypatch.setattr(predictions, "MAX_JSON_BYTES", 100)
-    assert "predictions.json: larger than" in problems_of(sub, toy_dataset)
+    assert "bytes, larger than the 100-byte limit for a JSON file" in problems_of(sub, toy_dataset)
 
 
 def test_missing_run_and_schema_problems(sub, toy_dataset):

@@ -168,25 +168,32 @@ class _Scale(torch.nn.Module):
         return x * self.factor
 
 
-def test_unprotected_attention_degenerates_and_default_does_not(disc, scaled_weights) -> None:
-    """Trainable SE without the feature normalisation shrinks the flow input (flagged); the default keeps it."""
+def test_paper_default_attention_degenerates_is_flagged_and_rms_option_prevents_it(disc, scaled_weights) -> None:
+    """The paper's variant (no normalisation, the default) lets trainable SE shrink the flow input, which the
+    monitor flags; the explicit feature_norm=rms deviation keeps it and says so in the notes."""
     common = dict(epochs=2, attention="se", blocks=(1, 2, 3), lr=1e-2, collapse_ratio=0.5, weights=scaled_weights)
-    unprotected = tiny(feature_norm="none", **common)
+    paper = tiny(**common)
+    assert paper.feature_norm == "none" and paper.model is None
     with pytest.warns(DegenerateFeaturesWarning, match=r"degenerate features at epoch \d+"):
-        unprotected.fit([s.path for s in disc.train])
-    assert unprotected.history[-1]["feature_spread"] < 0.5
-    assert any(h["degenerate"] == 1.0 for h in unprotected.history)
-    assert any("degenerate" in n for n in unprotected.notes)
+        paper.fit([s.path for s in disc.train])
+    assert paper.history[-1]["feature_spread"] < 0.5
+    assert any(h["degenerate"] == 1.0 for h in paper.history)
+    assert any("degenerate" in n for n in paper.notes)
+    assert not any("feature_norm=rms:" in n for n in paper.notes)
 
-    protected = tiny(**common)
-    assert protected.feature_norm == "rms"
+    protected = tiny(feature_norm="rms", **common)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateFeaturesWarning)
         protected.fit([s.path for s in disc.train])
     assert all(h["degenerate"] == 0.0 for h in protected.history)
-    assert protected.notes == []
+    assert [n for n in protected.notes if "feature_norm=rms:" in n] == protected.notes != []
 
 
+def test_cbam_defaults_to_the_attentdiffernet_49x49_reading() -> None:
+    detector = tiny(attention="cbam")
+    assert detector.options.cbam_kernel == 49
+    attention = detector._ensure_model().extractor.attention
+    assert sum(p.numel() for p in attention.parameters()) == 27_721
 
 
 def test_options_cover_every_knob_and_validate() -> None:

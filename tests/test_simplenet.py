@@ -75,20 +75,35 @@ def test_fixed_seed_is_reproducible(toy_dataset):
 
 
 @pytest.mark.parametrize("attention", ["se", "cbam"])
-def test_attention_blocks_are_trained_jointly(toy_dataset, attention):
+def test_attention_blocks_are_trained_jointly_when_asked_and_watched(toy_dataset, attention):
     category = read_category(toy_dataset, "disc")
-    detector = build_detector("simplenet", {**TINY, "attention": attention},
+    detector = build_detector("simplenet", {**TINY, "attention": attention, "train_attention": "true"},
                               RunConfig(epochs=2, batch_size=4, image_size=64, pretrained=False, progress=False))
     detector.setup([s.path for s in category.train[:4]])
     model = detector.model
     before_att = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if ".attention." in n}
     before_conv = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if ".attention." not in n}
-    detector.train_epoch(0)
+    logs = detector.train_epoch(0)
     after = dict(model.backbone.named_parameters())
     assert any(not torch.equal(after[n], v) for n, v in before_att.items())
     assert all(torch.equal(after[n], v) for n, v in before_conv.items())
     # layer4 is never built, so only layers 1-3 carry attention: SE 21,504 / CBAM 23,056 extra parameters
     assert detector.trainable_parameters() - 24_960 == {"se": 21_504, "cbam": 23_056}[attention]
+    # the collapse monitor compares the embedding spread with its initial value every epoch
+    assert logs["feature_spread"] > 0 and logs["degenerate"] in (0.0, 1.0)
+    assert any("trained from scratch" in n for n in detector.notes)
+
+
+def test_attention_is_frozen_by_default_as_table_4_counts_it(toy_dataset):
+    category = read_category(toy_dataset, "disc")
+    detector = build_detector("simplenet", {**TINY, "attention": "se"},
+                              RunConfig(epochs=1, batch_size=4, image_size=64, pretrained=False, progress=False))
+    detector.setup([s.path for s in category.train[:4]])
+    before = {n: p.detach().clone() for n, p in detector.model.backbone.named_parameters()}
+    logs = detector.train_epoch(0)
+    assert all(torch.equal(p, before[n]) for n, p in detector.model.backbone.named_parameters())
+    assert "feature_spread" not in logs and detector.cache is not None  # frozen trunk: embeddings cached
+    assert detector.variant()["attention_training"] == "frozen at random init"
 
 
 def test_paper_dimensions_parameter_count():
@@ -96,5 +111,7 @@ def test_paper_dimensions_parameter_count():
     detector = build_detector("simplenet", {}, _run(1))
     assert detector.trainable_parameters() == 3_937_792
     assert sum(p.numel() for p in detector.model.discriminator.parameters()) == 1_576_960
-    for attention, extra in (("se", 21_504), ("cbam", 23_056)):
-        assert build_detector("simplenet", {"attention": attention}, _run(1)).trainable_parameters() == 3_937_792 + extra
+    for attention, extra in (("se", 21_504), ("cbam", 23_056)):  # seed 003 Table 4: one count for all three
+        assert build_detector("simplenet", {"attention": attention}, _run(1)).trainable_parameters() == 3_937_792
+        trained = build_detector("simplenet", {"attention": attention, "train_attention": "true"}, _run(1))
+        assert trained.trainable_parameters() == 3_937_792 + extra

@@ -20,6 +20,7 @@ from insplad_tools.synth.assets import (BIRD_NEST, CORROSION, DAMPER, FAULT_CLAS
                                         POLYMER, VARI, YOKE, AssetSpec, draw_asset)
 from insplad_tools.synth.cli import synth
 from insplad_tools.synth.defects import polygon_mask
+from insplad_tools.safety import OUTPUT_MARKER
 from insplad_tools.synth.generate import SynthConfig, generate
 
 SMALL = ["--frames", "10", "--towers", "3", "--frame-size", "320x240", "--seed", "5", "--quiet"]
@@ -41,7 +42,9 @@ def truth(raw: Path) -> dict:
 
 
 def _walk(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes, except the output marker (it records when and by which process it was written)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != OUTPUT_MARKER}
 
 
 def test_layout_and_readme(raw: Path, truth: dict) -> None:
@@ -172,9 +175,15 @@ def test_overwrite_and_refusal(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "--overwrite" in result.output
     assert [p.name for p in target.iterdir()] == ["keep.txt"] and (target / "keep.txt").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw")]  # no temp folders left
+    result = CliRunner().invoke(synth, [*args, "--overwrite"])  # a folder insplad did not write is never replaced
+    assert result.exit_code == 1 and "not a folder written by insplad" in result.output
+    assert (target / "keep.txt").read_text() == "mine"
+    (target / "keep.txt").unlink()
+    assert CliRunner().invoke(synth, args).exit_code == 0
+    (target / "images" / "extra.jpg").write_bytes(b"x")
     result = CliRunner().invoke(synth, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert not (target / "keep.txt").exists() and len(list((target / "images").iterdir())) == 2
+    assert len(list((target / "images").iterdir())) == 2
 
 
 @pytest.mark.parametrize("bad, message", [

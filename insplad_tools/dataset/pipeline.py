@@ -27,12 +27,14 @@ from insplad_tools import __version__
 from insplad_tools.dataset import manifest as manifest_mod
 from insplad_tools.dataset import stats as stats_mod
 from insplad_tools.dataset.imaging import encode_png
+from insplad_tools.dataset.conditions import apply_conditions, read_conditions, resolve_missing
 from insplad_tools.dataset.crops import CropJob, CropResult, FrameJob, FrameResult, process_frame
 from insplad_tools.dataset.sources import FrameRecord, Problem, detect_format, read_annotations
 from insplad_tools.dataset.split import TEST, TRAIN, Grouper, split_items
 from insplad_tools.dataset.taxonomy import GOOD, Taxonomy, UnknownClassError, load_taxonomy
 from insplad_tools.errors import InspladError
-from insplad_tools.fsutil import atomic_output_dir, atomic_write_text, sha256_bytes
+from insplad_tools.fsutil import atomic_output_dir, atomic_write_text, sha256_bytes, sha256_file
+from insplad_tools.safety import check_replaceable, ensure_disjoint, worker_signals
 
 STAGING = ".staging"
 
@@ -57,6 +59,9 @@ class BuildOptions:
     cache_dir: Path | None = None
     name: str | None = None
     progress: bool = True
+    conditions: Path | None = None     # CSV/JSON of object conditions (insplad_tools.dataset.conditions)
+    missing_condition: str = "auto"    # auto | error | normal | skip
+    duplicate_images: str = "exclude"  # InsPLAD-det file names under two image ids: exclude | first | error
     mask_source: Any = None      # an already opened mask source (tests, callers); overrides masks/roboflow
 
     def check(self) -> None:
@@ -98,8 +103,8 @@ class BuildReport:
         masks = f", {t['masks']} masks" if t["masks"] else ""
         return (f"built {self.name} in {self.out_dir}: {len(self.counts)} categories, {t['train_good']} train good, "
                 f"{t['test_good']} test good, {t['test_anomalous']} test anomalous{masks} from {self.frames} frames; "
-                f"{len(self.problems)} problem(s) skipped, {len(self.skipped)} object(s) below --min-size "
-                f"(listed in manifest.json)")
+                f"{len(self.problems)} problem(s) skipped, {len(self.skipped)} object(s) below --min-size or without a "
+                f"condition (listed in manifest.json)")
 
 
 class BuildFailed(InspladError):
@@ -150,7 +155,7 @@ def _run_frames(jobs: list[FrameJob], worker: Callable[[FrameJob], FrameResult],
                 bar.update()
         else:
             chunk = max(1, min(16, len(jobs) // (n_jobs * 8)))
-            with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+            with ProcessPoolExecutor(max_workers=n_jobs, initializer=worker_signals) as pool:
                 for result in pool.map(worker, jobs, chunksize=chunk):
                     yield result
                     bar.update()
@@ -249,19 +254,26 @@ def build_dataset(raw_dir: Path, out_dir: Path, options: BuildOptions | None = N
     opts = options or BuildOptions()
     opts.check()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    inputs = {"RAW": raw_dir, "--masks": opts.masks, "--taxonomy": opts.taxonomy, "--cache-dir": opts.cache_dir,
+              "--conditions": opts.conditions}
+    ensure_disjoint(out_dir, inputs)  # before reading anything, so an overlap fails fast
+    check_replaceable(out_dir, overwrite=opts.overwrite)
     taxonomy = load_taxonomy(opts.taxonomy)
     grouper = Grouper.create(opts.group_by, opts.group_regex)
     if not raw_dir.is_dir():
         raise InspladError(f"{raw_dir}: raw data folder does not exist")
     fmt = detect_format(raw_dir) if opts.fmt == "auto" else opts.fmt
-    frames, problems = read_annotations(raw_dir, fmt)
+    frames, problems = read_annotations(raw_dir, fmt, opts.duplicate_images)
+    if opts.conditions is not None:
+        frames = apply_conditions(frames, read_conditions(opts.conditions), taxonomy, opts.conditions)
+    frames, unlabelled = resolve_missing(frames, taxonomy, opts.missing_condition, opts.conditions is not None)
     jobs, plan_problems = _plan(frames, taxonomy, grouper)
     problems += plan_problems
     mask_source = _open_masks(opts)
     name = opts.name or ("insplad-seg" if mask_source is not None else "insplad-fault")
-    skipped: list[Problem] = []
+    skipped: list[Problem] = list(unlabelled)
 
-    with atomic_output_dir(out_dir, overwrite=opts.overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=opts.overwrite, command="insplad build-splits", inputs=inputs) as tmp:
         staging = tmp / STAGING
         staging.mkdir()
         worker = functools.partial(process_frame, pad=opts.pad, min_size=opts.min_size, staging=staging,
@@ -334,6 +346,9 @@ def build_dataset(raw_dir: Path, out_dir: Path, options: BuildOptions | None = N
             "arguments": {
                 "format": fmt, "pad": opts.pad, "min_size": opts.min_size, "test_ratio": opts.test_ratio,
                 "seed": opts.seed, "group_by": grouper.key, "group_regex": grouper.pattern,
+                "conditions": None if opts.conditions is None else {
+                    "file": Path(opts.conditions).name, "sha256": sha256_file(Path(opts.conditions))},
+                "missing_condition": opts.missing_condition, "duplicate_images": opts.duplicate_images,
                 "taxonomy": {"name": taxonomy.name, "sha256": taxonomy.digest,
                              "file": opts.taxonomy.name if opts.taxonomy else None},
                 "masks": None if mask_source is None else {

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from insplad_tools.errors import InspladError
+from insplad_tools.jsonfile import load_json
+from insplad_tools.safety import resolve_inside
 
-FORMATS = ("auto", "voc", "coco")
+FORMATS = ("auto", "voc", "coco", "insplad-det")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 COCO_FILE = Path("annotations") / "coco.json"
 VOC_DIR = Path("annotations") / "voc"
@@ -80,8 +82,12 @@ class FrameRecord:
 
 
 def detect_format(raw_dir: Path) -> str:
-    """``coco`` when ``annotations/coco.json`` exists, else ``voc`` when ``annotations/voc/*.xml`` do."""
+    """``insplad-det`` when ``annotations/instances_*.json`` exist (the released InsPLAD-det), else ``coco``
+    when ``annotations/coco.json`` exists, else ``voc`` when ``annotations/voc/*.xml`` do."""
     raw_dir = Path(raw_dir)
+    from insplad_tools.dataset.det import is_insplad_det
+    if is_insplad_det(raw_dir):
+        return "insplad-det"
     if (raw_dir / COCO_FILE).is_file():
         return "coco"
     if (raw_dir / VOC_DIR).is_dir() and any((raw_dir / VOC_DIR).glob("*.xml")):
@@ -90,7 +96,8 @@ def detect_format(raw_dir: Path) -> str:
                        f"{VOC_DIR.as_posix()}/*.xml; see `insplad synth --help` for the raw layout)")
 
 
-def read_annotations(raw_dir: Path, fmt: str = "auto") -> tuple[list[FrameRecord], list[Problem]]:
+def read_annotations(raw_dir: Path, fmt: str = "auto",
+                     duplicates: str = "exclude") -> tuple[list[FrameRecord], list[Problem]]:
     """Read the raw folder's annotations; frames sorted by name, problems in file order.
 
     Raises :class:`InspladError` only when there is nothing to read at all (no such folder, no
@@ -103,6 +110,11 @@ def read_annotations(raw_dir: Path, fmt: str = "auto") -> tuple[list[FrameRecord
         raise InspladError(f"unknown annotation format {fmt!r} (choose from {', '.join(FORMATS)})")
     if fmt == "auto":
         fmt = detect_format(raw_dir)
+    if fmt == "insplad-det":
+        from insplad_tools.dataset.det import read_insplad_det
+        frames, problems = read_insplad_det(raw_dir, duplicates)
+        frames, more = _drop_stem_collisions(frames)
+        return sorted(frames, key=lambda f: f.name), problems + more
     images = _ImageIndex(raw_dir)
     if fmt == "coco":
         frames, problems = _read_coco(raw_dir, images)
@@ -115,29 +127,43 @@ def read_annotations(raw_dir: Path, fmt: str = "auto") -> tuple[list[FrameRecord
 class _ImageIndex:
     """Finds a frame's file under ``images/`` (or the raw folder itself) by name or by stem."""
 
-    def __init__(self, raw_dir: Path):
+    def __init__(self, raw_dir: Path, base: Path | None = None):
         self.raw_dir = raw_dir
-        self.base = raw_dir / IMAGES_DIR if (raw_dir / IMAGES_DIR).is_dir() else raw_dir
+        if base is None:
+            base = raw_dir / IMAGES_DIR if (raw_dir / IMAGES_DIR).is_dir() else raw_dir
+        self.base = base
         self.by_stem: dict[str, list[Path]] = defaultdict(list)
         for path in sorted(self.base.iterdir()) if self.base.is_dir() else []:
             if path.is_file() and path.suffix.lower() in FRAME_EXTENSIONS:
                 self.by_stem[path.stem].append(path)
 
     def find(self, name: str | None, stem: str | None = None) -> Path | None:
+        """The frame file named ``name`` (or, without a name, the one image of ``stem``); ``None`` when
+        absent. :class:`InspladError` when the name or a symlink leads outside the raw folder."""
         if name:
+            resolve_inside(self.base, name, "file_name")  # absolute, '..' or a link out: refused
             candidate = self.base / name
-            if candidate.is_file():
-                return candidate
-            candidate = self.base / PurePosixPath(name).name
-            if candidate.is_file():
-                return candidate
-            return None
+            if not candidate.is_file():
+                candidate = self.base / PurePosixPath(name).name
+            return self._checked(candidate) if candidate.is_file() else None
         if stem and len(self.by_stem.get(stem, [])) == 1:
-            return self.by_stem[stem][0]
+            return self._checked(self.by_stem[stem][0])
         return None
+
+    def _checked(self, path: Path) -> Path:
+        resolve_inside(self.raw_dir, path.relative_to(self.raw_dir).as_posix(),
+                       f"{path.relative_to(self.raw_dir).as_posix()} (a symbolic link)")
+        return path
 
     def rel(self, name: str) -> str:
         return (self.base / name).relative_to(self.raw_dir).as_posix()
+
+
+def _is_id(value: object, *, optional: bool = False) -> bool:
+    """COCO ids are integers or strings (a list or object there is malformed, and unhashable)."""
+    if value is None:
+        return optional
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _box_problem(box: tuple[float, float, float, float]) -> str | None:
@@ -192,7 +218,11 @@ def _read_voc(raw_dir: Path, images: _ImageIndex) -> tuple[list[FrameRecord], li
             problems.append(Problem(src, f"not a Pascal VOC annotation (root element <{root.tag}>)"))
             continue
         filename = _text(root, "filename")
-        path = images.find(filename, xml_path.stem)
+        try:
+            path = images.find(filename, xml_path.stem)
+        except InspladError as exc:
+            problems.append(Problem(src, f"{exc.message}; frame skipped"))
+            continue
         name = PurePosixPath(filename).name if filename else (path.name if path else f"{xml_path.stem}.*")
         if path is None:
             problems.append(Problem(src, f"image {images.rel(name)} not found; frame skipped"))
@@ -257,15 +287,20 @@ def _read_coco(raw_dir: Path, images: _ImageIndex) -> tuple[list[FrameRecord], l
     src = COCO_FILE.as_posix()
     problems: list[Problem] = []
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return [], [Problem(src, f"unreadable JSON ({exc}); no frames read")]
+        data = load_json(path, src)
+    except InspladError as exc:
+        return [], [Problem(src, f"unreadable JSON ({exc.message.removeprefix(src + ': ')}); no frames read")]
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         return [], [Problem(src, "not a COCO detection file (needs lists 'images', 'annotations', 'categories'); no frames read")]
+    return coco_frames(data, src, images)
 
+
+def coco_frames(data: dict, src: str, images: _ImageIndex) -> tuple[list[FrameRecord], list[Problem]]:
+    """Frames of a loaded COCO detection document whose images ``images`` finds; ``src`` names the file."""
+    problems: list[Problem] = []
     cat_names: dict[object, str] = {}
     for cat in data["categories"]:
-        if not isinstance(cat, dict) or "id" not in cat or not isinstance(cat.get("name"), str):
+        if not isinstance(cat, dict) or not _is_id(cat.get("id")) or not isinstance(cat.get("name"), str):
             problems.append(Problem(src, f"category entry {cat!r} lacks an id or name; skipped"))
         elif cat["id"] in cat_names:
             problems.append(Problem(src, f"duplicate category id {cat['id']} ({cat_names[cat['id']]!r} and {cat['name']!r}); "
@@ -275,10 +310,11 @@ def _read_coco(raw_dir: Path, images: _ImageIndex) -> tuple[list[FrameRecord], l
             cat_names[cat["id"]] = cat["name"]
 
     entries: dict[object, dict] = {}
-    id_counts = Counter(img.get("id") for img in data["images"] if isinstance(img, dict))
-    name_counts = Counter(img.get("file_name") for img in data["images"] if isinstance(img, dict))
+    id_counts = Counter(img.get("id") for img in data["images"] if isinstance(img, dict) and _is_id(img.get("id")))
+    name_counts = Counter(img.get("file_name") for img in data["images"]
+                          if isinstance(img, dict) and isinstance(img.get("file_name"), str))
     for img in data["images"]:
-        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+        if not isinstance(img, dict) or not _is_id(img.get("id")) or not isinstance(img.get("file_name"), str):
             problems.append(Problem(src, f"image entry {str(img)[:80]} lacks an id or file_name; skipped"))
             continue
         fname = img["file_name"]
@@ -291,10 +327,14 @@ def _read_coco(raw_dir: Path, images: _ImageIndex) -> tuple[list[FrameRecord], l
         entries[img["id"]] = img
 
     by_image: dict[object, list[dict]] = defaultdict(list)
-    ann_counts = Counter(a.get("id") for a in data["annotations"] if isinstance(a, dict))
+    ann_counts = Counter(a.get("id") for a in data["annotations"] if isinstance(a, dict) and _is_id(a.get("id")))
     for ann in data["annotations"]:
-        if not isinstance(ann, dict) or "image_id" not in ann:
+        if not isinstance(ann, dict) or not _is_id(ann.get("image_id")):
             problems.append(Problem(src, f"annotation {str(ann)[:80]} lacks an image_id; skipped"))
+            continue
+        if not _is_id(ann.get("id"), optional=True) or not _is_id(ann.get("category_id"), optional=True):
+            problems.append(Problem(src, "id and category_id must be integers or strings; skipped",
+                                    f"annotation {str(ann.get('id'))[:40]}"))
             continue
         if ann_counts[ann.get("id")] > 1:
             problems.append(Problem(src, f"duplicate annotation id {ann.get('id')}; skipped", f"annotation {ann.get('id')}"))
@@ -309,13 +349,17 @@ def _read_coco(raw_dir: Path, images: _ImageIndex) -> tuple[list[FrameRecord], l
     for image_id, img in entries.items():
         fname = img["file_name"]
         name = PurePosixPath(fname).name
-        frame_path = images.find(fname)
+        try:
+            frame_path = images.find(fname)
+        except InspladError as exc:
+            problems.append(Problem(src, f"{exc.message}; frame skipped", f"image {image_id}"))
+            continue
         if frame_path is None:
             problems.append(Problem(src, f"image {images.rel(name)} not found; frame skipped", f"image {image_id} ({fname})"))
             continue
         try:
             w, h = int(img.get("width") or 0), int(img.get("height") or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             w = h = 0
         anns = by_image.get(image_id, [])
         if all(isinstance(a.get("id"), int) for a in anns):

@@ -17,13 +17,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from insplad_tools.dataset.det import parse_frame_name
 from insplad_tools.errors import InspladError
 
 GROUP_PATTERNS: dict[str, str] = {
     "frame": r"^(?P<group>.+)$",
     "tower": r"(?i)(?P<group>tower[-_ ]?\d+)",
     "flight": r"(?i)(?P<group>flight[-_ ]?\d+)",
+    "visit": r"(?i)(?P<group>tower[-_ ]?\d+[-_ ]?visit[-_ ]?\d+)",
 }
+# InsPLAD-det frames are named <tower>-<visit>_DJI_<n>.jpg: tower and visit are read from that naming first.
+_DET_KEYS = ("tower", "visit")
 TRAIN, TEST = "train", "test"
 
 
@@ -49,6 +53,8 @@ class Grouper:
     def group_of(self, frame_name: str) -> str | None:
         """The group id of a frame (searched in its stem), ``None`` when the pattern does not match."""
         stem = PurePosixPath(frame_name).stem
+        if self.key in _DET_KEYS and (det := parse_frame_name(frame_name)) is not None:
+            return f"tower{det.tower}" if self.key == "tower" else f"tower{det.tower}-visit{det.visit}"
         match = re.search(self.pattern, stem)
         if match is None:
             return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -46,8 +47,10 @@ class UnknownConditionError(InspladError):
 
 
 def name_key(raw: str) -> str:
-    """Canonical matching key: lowercase, every run of non-alphanumerics collapsed to one hyphen."""
-    return re.sub(r"[^0-9a-z]+", "-", raw.strip().lower()).strip("-")
+    """Canonical matching key: accents dropped (``corrosão`` = ``corrosao``), lowercase, every run of
+    non-alphanumerics collapsed to one hyphen."""
+    ascii_text = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^0-9a-z]+", "-", ascii_text.strip().lower()).strip("-")
 
 
 @dataclass(frozen=True)
@@ -191,12 +194,6 @@ def load_taxonomy(path: Path | None = None) -> Taxonomy:
     if path is None:
         return taxonomy_from_dict(json.loads(builtin_taxonomy_text()), "built-in taxonomy")
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InspladError(f"{path}: cannot read taxonomy ({exc})") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InspladError(f"{path}: taxonomy is not valid JSON ({exc})") from exc
-    return taxonomy_from_dict(data, str(path))
+    from insplad_tools.jsonfile import load_json
+
+    return taxonomy_from_dict(load_json(path, f"{path} (taxonomy)", max_bytes=16 << 20), str(path))

@@ -4,12 +4,14 @@ Checks, each reported as one line naming the file: files missing, extra, changed
 to another folder; manifest fields that contradict a file's folder; groups of a category on both
 the train and the test side; identical decoded pixels on both sides of a category; and masks
 (same size as their image, binary 0/255, non-empty, present for every anomalous image of a
-category that has masks, absent for normal images).
+category that has masks, absent for normal images). Symbolic links are reported, never followed;
+categories without train/good, test/good or anomalous test images get a warning.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,9 @@ from insplad_tools.dataset.manifest import load_manifest
 from insplad_tools.errors import DatasetError
 from insplad_tools.fsutil import sha256_file
 from insplad_tools.mvtec import GOOD, MANIFEST, read_category
+from insplad_tools.safety import OUTPUT_MARKER
 
-TOP_LEVEL_FILES = {MANIFEST, "stats.md", "stats.csv"}
+TOP_LEVEL_FILES = {MANIFEST, "stats.md", "stats.csv", OUTPUT_MARKER}
 
 
 @dataclass
@@ -32,6 +35,7 @@ class ValidationResult:
     root: Path
     name: str
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # usable, but not for training/evaluation as is
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -71,7 +75,10 @@ def validate_dataset(root: Path, progress: bool = False) -> ValidationResult:
         if isinstance(e.get("mask"), dict) and isinstance(e["mask"].get("path"), str):
             masks[e["mask"]["path"]] = e
 
-    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    links = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink())
+    for rel in links:
+        out.append(f"{rel}: symbolic link (a dataset holds plain files only; it is not followed)")
+    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.is_symlink())
     on_disk = [r for r in on_disk if r not in TOP_LEVEL_FILES]
     disk_set = set(on_disk)
     extras = [r for r in on_disk if r not in entries and r not in masks]
@@ -136,14 +143,19 @@ def validate_dataset(root: Path, progress: bool = False) -> ValidationResult:
 
     pixels: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     counts = defaultdict(int)
+    linked = set(links)
+    samples = [s for s in samples if s.rel not in linked]
     for s in tqdm(samples, unit="image", desc="validating", disable=not progress, leave=False):
         try:
-            with Image.open(s.path) as img:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(s.path)
+            with img:
                 rgb = to_rgb8(img)
                 size = img.size
                 pixels[(s.category, pixel_digest(rgb))][s.split].append(s.rel)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            out.append(f"{s.rel}: cannot decode image ({exc})")
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            out.append(f"{s.rel}: cannot decode image ({type(exc).__name__}: {exc})")
             continue
         counts["images"] += 1
         counts["train" if s.split == "train" else ("test_good" if s.label == 0 else "test_anomalous")] += 1
@@ -167,6 +179,13 @@ def validate_dataset(root: Path, progress: bool = False) -> ValidationResult:
         good_gt = root / cat / "ground_truth" / GOOD
         if good_gt.is_dir() and any(good_gt.iterdir()):
             out.append(f"{good_gt.relative_to(root).as_posix()}: masks for normal images")
+    for cat in categories:  # what training and evaluation need before anyone trains on it
+        sides_of = Counter((x.split, x.label) for x in samples if x.category == cat)
+        for key, what in ((("train", 0), "no train/good images"), (("test", 0), "an empty test/good"),
+                          (("test", 1), "no anomalous test images")):
+            if not sides_of[key]:
+                result.warnings.append(f"warning: {cat}: {what}; the category cannot be "
+                                       f"{'trained' if key[0] == 'train' else 'evaluated'} as it is")
     counts["categories"] = len(categories)
     result.counts = dict(counts)
     return result
@@ -174,12 +193,15 @@ def validate_dataset(root: Path, progress: bool = False) -> ValidationResult:
 
 def _check_mask(path: Path, size: tuple[int, int]) -> str | None:
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             if img.size != size:
                 return f"mask is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}"
             arr = np.asarray(img.convert("L") if img.mode not in ("L", "1") else img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        return f"cannot decode mask ({exc})"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return f"cannot decode mask ({type(exc).__name__}: {exc})"
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     if not np.isin(arr, (0, 255)).all():

@@ -41,13 +41,20 @@ def _categories(value: str) -> tuple[str, ...]:
               help="Comma list of InsPLAD-fault classes to place.")
 @click.option("--no-distractors", is_flag=True, help="Do not place damper distractors.")
 @click.option("--no-roboflow", is_flag=True, help="Skip the Roboflow COCO-segmentation export.")
-@click.option("--overwrite", is_flag=True, help="Replace RAW_DIR if it exists and is not empty.")
-@click.option("--jobs", type=int, default=1, show_default=True,
+@click.option("--overwrite", is_flag=True, help="Replace RAW_DIR if it exists and is not empty (only a folder "
+                                                "insplad wrote: one carrying .insplad-output.json).")
+@click.option("--jobs", type=click.IntRange(min=0), default=1, show_default=True,
               help="Frames rendered in parallel processes (0 = all cores); output is identical to --jobs 1.")
+@click.option("--layout", type=click.Choice(["raw", "insplad-det"]), default="raw", show_default=True,
+              help="raw: images/ + VOC/COCO annotations carrying the condition (what build-splits reads directly). "
+                   "insplad-det: the release's shape - RAW/InsPLAD-det/ (per-split COCO files without conditions, "
+                   "<tower>-<visit>_DJI_<n>.jpg frames, a few duplicate-name records, the 18 classes) and "
+                   "RAW/InsPLAD-fault/ (released-style crops sorted by condition), for link-crops -> build-splits "
+                   "--conditions -> audit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(raw_dir: str, seed: int, frames: int, towers: int | None, frame_size: str, difficulty: str,
           defect_rate: float, categories: str, no_distractors: bool, no_roboflow: bool, overwrite: bool,
-          jobs: int, quiet: bool) -> None:
+          jobs: int, quiet: bool, layout: str = "raw") -> None:
     """Generate a SYNTHETIC InsPLAD-det-like raw set of UAV frames in RAW_DIR.
 
     Procedurally drawn drone photos of power-line towers: glass insulators, lightning-rod
@@ -61,6 +68,7 @@ def synth(raw_dir: str, seed: int, frames: int, towers: int | None, frame_size: 
     RAW_DIR/annotations/coco.json COCO detection annotations
     RAW_DIR/roboflow/             Roboflow COCO-segmentation export of the defect polygons
     RAW_DIR/truth.json            the generator's exact ground truth
+    (--layout insplad-det writes RAW_DIR/InsPLAD-det/ and RAW_DIR/InsPLAD-fault/ instead)
 
     The data is synthetic: use it to exercise the tools and never in place of real InsPLAD.
 
@@ -72,5 +80,9 @@ def synth(raw_dir: str, seed: int, frames: int, towers: int | None, frame_size: 
         seed=seed, frames=frames, towers=towers, frame_size=_frame_size(frame_size), difficulty=difficulty,
         defect_rate=defect_rate, categories=_categories(categories), distractors=not no_distractors,
         roboflow=not no_roboflow, jobs=jobs if jobs > 0 else (os.cpu_count() or 1), progress=not quiet)
-    summary = generate(raw_dir, config, overwrite=overwrite)
+    if layout == "insplad-det":
+        from insplad_tools.synth.released import generate_released
+        summary = generate_released(raw_dir, config, overwrite=overwrite)
+    else:
+        summary = generate(raw_dir, config, overwrite=overwrite)
     click.echo(summary.describe())

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from insplad_tools.errors import InspladError
+from insplad_tools.safety import worker_signals
 from insplad_tools.fsutil import atomic_output_dir
 from insplad_tools.synth.assets import (DEFECTS_BY_CLASS, DISTRACTOR_CLASSES, FAULT_CLASSES, NORMAL, AssetSpec)
 from insplad_tools.synth.frame import FrameJob, FrameRecord, render_to_disk
@@ -202,7 +203,7 @@ def generate(raw_dir: str | Path, config: SynthConfig = SynthConfig(), *, overwr
     raw_dir = Path(raw_dir)
     start = time.perf_counter()
     jobs = plan(config)
-    with atomic_output_dir(raw_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(raw_dir, overwrite=overwrite, command="insplad synth") as tmp:
         (tmp / "images").mkdir()
         if config.roboflow:
             for split in ROBOFLOW_SPLITS:
@@ -212,7 +213,7 @@ def generate(raw_dir: str | Path, config: SynthConfig = SynthConfig(), *, overwr
         records: list[FrameRecord] = []
         if config.jobs > 1 and len(jobs) > 1:
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-            with ctx.Pool(min(config.jobs, len(jobs))) as pool:
+            with ctx.Pool(min(config.jobs, len(jobs)), initializer=worker_signals) as pool:
                 for rec in pool.imap(_worker, tasks, chunksize=4):
                     records.append(rec)
                     bar.update()

@@ -6,7 +6,7 @@ max-pool that follows it. Convolutions come from torchvision's ``alexnet().featu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,42 @@ class AlexNetFeatures(nn.Module):
 
     def attention_parameters(self) -> list[nn.Parameter]:
         return list(self.attention.parameters())
+
+
+# named outputs (after the ReLU, after any attention block) -> index in alexnet().features, channels, stride
+LAYER_INDEX: dict[str, tuple[int, int, int]] = {
+    "conv1": (1, 64, 4), "conv2": (4, 192, 8), "conv3": (7, 384, 16), "conv4": (9, 256, 16),
+    "conv5": (11, 256, 16), "pool5": (12, 256, 32),
+}
+
+
+class AlexNetLayers(nn.Module):
+    """:class:`AlexNetFeatures` whose ``forward(x, layers)`` returns named outputs, like the other backbones."""
+
+    def __init__(self, net: AlexNetFeatures, last_layer: str = "pool5") -> None:
+        super().__init__()
+        if last_layer not in LAYER_INDEX:
+            raise InspladError(f"unknown AlexNet layer {last_layer!r}; choose one of {', '.join(LAYER_INDEX)}")
+        self.net = net
+        self.layer_names = tuple(LAYER_INDEX)[: tuple(LAYER_INDEX).index(last_layer) + 1]
+        self._names = {LAYER_INDEX[name][0]: name for name in self.layer_names}
+
+    def forward(self, x: torch.Tensor, layers: Sequence[str] = ("conv5",)) -> dict[str, torch.Tensor]:
+        unknown = [name for name in layers if name not in self.layer_names]
+        if unknown:
+            raise InspladError(f"AlexNet features stop at {self.layer_names[-1]}; cannot give {unknown}")
+        out: dict[str, torch.Tensor] = {}
+        for index, layer in enumerate(self.net.features):
+            x = layer(x)
+            key = self.net._after.get(index)
+            if key is not None:
+                x = self.net.attention[key](x)
+            name = self._names.get(index)
+            if name in layers:
+                out[name] = x
+                if len(out) == len(layers):
+                    break
+        return out
 
 
 def alexnet_extractor(attention: str = "none", blocks: Iterable[int] = (1, 2, 3), *, pretrained: bool = False,

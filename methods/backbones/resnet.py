@@ -72,6 +72,9 @@ class ResNet18Features(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor, layers: Sequence[str] = ("layer2", "layer3")) -> dict[str, torch.Tensor]:
+        unknown = [name for name in layers if name not in self.layer_names]
+        if unknown:
+            raise InspladError(f"ResNet-18 features stop at {self.layer_names[-1]}; cannot give {unknown}")
         out: dict[str, torch.Tensor] = {}
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for name in self.layer_names:
@@ -121,9 +124,13 @@ def resnet18_extractor(attention: str = "none", *, pretrained: bool = True, weig
 
 def resnet18_for_run(attention: str, *, pretrained: bool, weights: str | None, progress: bool = False,
                      last_layer: str = "layer3") -> tuple[ResNet18Features, str]:
-    """A (SE-/CBAM-)ResNet-18 trunk for a run, and where its weights came from (for results notes)."""
-    backbone = resnet18_extractor(attention, pretrained=pretrained, weights=weights if pretrained else None,
-                                  last_layer=last_layer, progress=progress)
-    if weights is not None and pretrained:
-        return backbone, f"weights file {Path(weights).name}"
-    return backbone, "imagenet" if pretrained else "random"
+    """A (SE-/CBAM-)ResNet-18 trunk for a run, and where its weights came from (for results notes).
+
+    Same as ``build_backbone("resnet18", ...)`` from :mod:`methods.backbones.registry`.
+    """
+    from methods.backbones.registry import build_backbone
+
+    backbone, source = build_backbone("resnet18", attention=attention, pretrained=pretrained, weights=weights,
+                                      progress=progress, last_layer=last_layer)
+    assert isinstance(backbone, ResNet18Features)
+    return backbone, source

@@ -8,18 +8,27 @@ What is trained, and by what:
   NLL; the AlexNet convolutions are frozen (``requires_grad=False``) but run *with* autograd so the
   gradient reaches the attention blocks through them.
 
-Training uses ``n_transforms`` random rotations (uniform in [-180, 180) degrees, nearest, black
-corners) per image per epoch. Test scores use ``n_transforms_test`` *fixed* rotations ``i*360/T``
+Training uses ``n_transforms`` random rotations (uniform in [-``rotation``, ``rotation``] degrees,
+nearest, black corners; DifferNet's ``RandomRotation(180)``) per image per epoch, after optional
+colour jitter (``brightness``/``contrast``/``saturation``, off as in DifferNet's config): an
+albumentations pipeline (:func:`methods.augment.differnet_train`) serialised into results. Test scores use ``n_transforms_test`` *fixed* rotations ``i*360/T``
 (as the official ``evaluate.py``; the official ``train.py`` reuses random rotations, which makes
 scores stochastic): the score is the mean of ``z**2`` over the rotations and the dimensions.
 
 Degenerate solution: with trainable attention the NLL can be lowered by shrinking every feature (the
-flow's log-determinant then grows without an anomaly signal). The default ``feature_norm=auto``
-divides each scale's pooled features by their own RMS whenever attention is trained, so a global
-shrink no longer changes the flow input. Independently, every epoch measures the spread of the flow
+flow's log-determinant then grows without an anomaly signal). The paper's AttentDifferNet has no
+protection against it and neither has the default here (``feature_norm=none``: attention and
+plain DifferNet see exactly the same computation apart from the attention blocks).
+``feature_norm=rms`` (a deviation, recorded in the results' notes) divides each scale's pooled
+features by their own RMS, so a global shrink no longer changes the flow input; ``auto`` means
+``rms`` whenever attention is trained. Independently, every epoch measures the spread of the flow
 input on a fixed subset of training images against its value at initialisation; a fall below
 ``collapse_ratio`` emits a :class:`DegenerateFeaturesWarning`, sets ``degenerate=1`` in the
 history, and adds a note to the results.
+
+CBAM defaults to the AttentDifferNet code line's reading (r=16, bias-free MLP, 49x49 spatial conv
+with bias, residual inside the block): the only reading that gives the paper's +27,721 parameters.
+``cbam_kernel=7`` is the CBAM paper's kernel (an option; much faster on CPU).
 """
 
 from __future__ import annotations
@@ -37,15 +46,13 @@ import torch
 from torch import nn
 
 from insplad_tools.errors import InspladError
+from methods.augment import apply, differnet_train, serialise
+from methods.collapse import DegenerateFeaturesWarning  # noqa: F401  (re-exported: raised by this method)
 from methods.backbones.alexnet import alexnet_extractor
 from methods.base import Detector, ImageResult
 from methods.data import load_rgb
 from methods.differnet.flow import differnet_flow
 from methods.differnet.model import DifferNetModel, nll_loss, normalize, rotate_batch
-
-
-class DegenerateFeaturesWarning(UserWarning):
-    """The flow input's spread collapsed during training: the likelihood is being gamed."""
 
 
 @dataclass
@@ -55,11 +62,15 @@ class DifferNetOptions:
     attention: str = "none"              # none | se | cbam
     blocks: tuple[int, ...] = (1, 2, 3)  # which of AB1 (64 ch), AB2 (192 ch), AB3 (256 ch)
     n_scales: int = 3                    # image at size, size/2, size/4 ...
-    feature_norm: str = "auto"           # auto (rms when attention is trained) | none | rms
+    feature_norm: str = "none"           # none (paper) | rms (deviation) | auto (rms when attention is trained)
     flow_width: int = 2048
     coupling_blocks: int = 8
     clamp: float = 3.0
     n_transforms: int = 4
+    rotation: float = 180.0              # train rotations uniform in [-rotation, rotation] degrees (0 = none)
+    brightness: float = 0.0              # DifferNet's colour jitter (its config: all 0 = off)
+    contrast: float = 0.0
+    saturation: float = 0.0
     n_transforms_test: int = 64
     lr: float = 2e-4
     betas: tuple[float, ...] = (0.8, 0.8)
@@ -67,7 +78,7 @@ class DifferNetOptions:
     weight_decay: float = 1e-5
     se_reduction: int = 2
     cbam_reduction: int = 16
-    cbam_kernel: int = 7                 # the CBAM paper's 7x7; the AttentDifferNet forks use 49 (much slower on CPU)
+    cbam_kernel: int = 49                # AttentDifferNet code line (+27,721 params); 7 = the CBAM paper's kernel
     cbam_residual: bool = True
     collapse_ratio: float = 0.1          # flow-input spread below this fraction of its initial value = degenerate
     monitor_images: int = 32             # training images used to measure that spread
@@ -83,6 +94,7 @@ class DifferNetDetector(Detector):
     default_epochs = 100       # seed 000 §4.2 (the DifferNet paper trains 192)
     default_batch_size = 24
     default_image_size = 448
+    paper_eval_every = 8       # DifferNet train.py: test AUROC after every meta-epoch of 8 sub-epochs
 
     def __init__(self, options: DifferNetOptions, run) -> None:
         super().__init__(options, run)
@@ -93,6 +105,7 @@ class DifferNetDetector(Detector):
         self.reference_spread: float = -1.0
         self.notes: list[str] = []
         self._finished = False
+        self.augmentation = differnet_train(options.rotation, options.brightness, options.contrast, options.saturation)
 
     # -- construction --------------------------------------------------------------------------
     def _validate(self) -> None:
@@ -155,8 +168,19 @@ class DifferNetDetector(Detector):
                                           weight_decay=o.weight_decay)
         self.train_images = torch.stack([_load_uint8(p, self.run.image_size) for p in train_images])
         self._finished = False
+        self.notes = self.deviation_notes()
         if self.trains_attention:
             self.reference_spread = self._flow_input_spread()
+
+    def deviation_notes(self) -> list[str]:
+        """One results note per option that departs from the published AttentDifferNet/DifferNet."""
+        o, notes = self.options, []
+        if self.feature_norm == "rms":
+            notes.append("feature_norm=rms: each scale's pooled features divided by their RMS before the flow "
+                         "(not in DifferNet or AttentDifferNet)")
+        if o.attention == "cbam" and self.trains_attention and o.cbam_kernel != 49:
+            notes.append(f"CBAM spatial kernel {o.cbam_kernel}x{o.cbam_kernel} (AttentDifferNet code line: 49x49)")
+        return notes
 
     def _flow_input_spread(self) -> float:
         """Mean over dimensions of the std over images of the flow input, on a fixed training subset."""
@@ -185,9 +209,9 @@ class DifferNetDetector(Detector):
         losses = []
         for batch_index, start in enumerate(range(0, len(order), self.run.batch_size)):
             idx = order[start:start + self.run.batch_size]
-            images = self._to_device(self.train_images[idx]).repeat_interleave(o.n_transforms, dim=0)
-            angles = torch.rand(len(images), generator=gen) * 360.0 - 180.0
-            batch = normalize(rotate_batch(images, angles))
+            images = self.train_images[idx].repeat_interleave(o.n_transforms, dim=0)
+            seed = (int(self.run.seed) * 1_000_003 + epoch) * 100_003 + batch_index
+            batch = normalize(apply(self.augmentation, images, seed).to(self.device, non_blocking=True))
             with torch.set_grad_enabled(True):
                 if self.trains_attention:
                     z, log_jac_det, _ = model(batch)
@@ -263,6 +287,18 @@ class DifferNetDetector(Detector):
         bar.close()
         return results
 
+    def export_module(self) -> nn.Module:
+        """All fixed test rotations, the flow and the mean z^2 as one graph (images in [0, 1] in, scores out)."""
+        return RotationScorer(self._ensure_model().eval(), self.test_angles())
+
+    def explain_target(self) -> tuple[nn.Module, nn.Module]:
+        """Score of the unrotated image; Grad-CAM layer = the last map before AlexNet's final pool:
+        ReLU5, or AB3's output when that block is present (so attention's effect is what is shown)."""
+        model = self._ensure_model().eval()
+        extractor = model.extractor
+        layer = extractor.attention["3"] if "3" in extractor.attention else extractor.features[11]
+        return RotationScorer(model, torch.zeros(1)), layer
+
     def profile_forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Inference on a batch of images in [0, 1] at ``image_size``: all test rotations, scores out."""
         return self.score_batch(batch.to(self.device))
@@ -298,7 +334,23 @@ class DifferNetDetector(Detector):
         info["blocks"] = list(self.options.blocks) if self.trains_attention else []
         info["betas"] = list(self.options.betas)
         info["feature_norm"] = self.feature_norm
+        info["augmentation"] = {"train": serialise(self.augmentation)}
         return {"backbone": "alexnet", **info}
+
+
+class RotationScorer(nn.Module):
+    """DifferNet's test-time scoring as a module: mean z^2 over fixed rotations of each image."""
+
+    def __init__(self, model: DifferNetModel, angles: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("angles", angles.float())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        t = self.angles.shape[0]
+        reps = images.repeat_interleave(t, dim=0)
+        z, _, _ = self.model(normalize(rotate_batch(reps, self.angles.repeat(images.shape[0]))))
+        return z.pow(2).mean(dim=1).reshape(-1, t).mean(dim=1)
 
 
 def _load_uint8(path: Path, size: int) -> torch.Tensor:

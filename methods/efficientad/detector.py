@@ -1,35 +1,45 @@
-"""EfficientAD-S training and inference behind the shared :class:`~methods.base.Detector` contract.
+"""EfficientAD-S/M training and inference behind the shared :class:`~methods.base.Detector` contract.
 
 Reference schedule (``nelson1425/EfficientAD``): 70,000 steps at batch 1, Adam(student + AE) lr 1e-4,
 weight decay 1e-5, lr x0.1 after 95% of the steps; hard-feature loss q=0.999; a random 10% of the
-train images held out for the map quantiles (0.9 / 0.995). Steps vs epochs: ``steps`` (default
-70,000) is the total number of optimiser steps, spread evenly over the run's ``epochs``, which are
-then only checkpoint/progress chunks; ``--option steps=0`` makes an epoch one pass over the train
-split instead (``epochs x ceil(n_train / batch)`` steps).
+train images held out for the map quantiles (0.9 / 0.995); ``--val-split F`` replaces that hold-out by
+the benchmark's seeded validation split.
 
-Teacher: ``--option teacher=PATH`` (from ``insplad distill-teacher``) or ``--weights PATH`` with such a
-file. With ``--no-pretrained`` and no teacher file the teacher is a randomly initialised PDN (for
-tests and smoke runs); results then carry a note saying so. The optional ImageNet penalty
-(``--option penalty_dir=PATH``) is off by default.
+Steps vs epochs: ``steps`` is the total number of optimiser steps. Without ``--epochs`` the paper's
+70,000 steps are spread over ``default_epochs`` checkpoint chunks. An explicit ``--epochs N`` without
+an explicit ``--option steps=...`` means N passes over the train split (``insplad benchmark`` sets
+``steps=0`` and says so); ``--option steps=S`` always wins and spreads S steps over the epochs.
+
+Teacher (``--option teacher=PATH`` or ``--weights PATH``): a reference teacher as published — nelson1425/
+EfficientAD's ``teacher_small.pth`` / ``teacher_medium.pth`` or anomalib's ``pretrained_teacher_*.pth``,
+both distilled from WideResNet-101-2 as in the paper — or one made by ``insplad distill-teacher``
+(ResNet-18 by default, the project's own choice for machines without WideResNet-101 weights;
+``--backbone wide_resnet101_2`` gives the paper's). Seed 003 labels its EfficientAD columns "RN18" but
+does not say which network the teacher was distilled from. With ``--no-pretrained`` and no teacher file
+the teacher is a randomly initialised PDN (for tests and smoke runs); results then carry a note saying
+so. ``model_size=medium`` gives EfficientAD-M. The optional ImageNet penalty (``--option
+penalty_dir=PATH``) is off by default, as in nelson1425's code. Colour augmentation of the
+autoencoder branch is an albumentations pipeline (:func:`colour_augmentation`), recorded in results.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
 
 from insplad_tools.errors import InspladError
+from methods.augment import apply, colour_augmentation, penalty_transform, serialise
 from methods.base import MapDetector, RunConfig
-from methods.data import load_images_uint8, load_rgb, normalise, to_tensor
+from methods.data import load_images_uint8, load_rgb, normalise
 from methods.efficientad.distill import list_images, load_teacher
 from methods.efficientad.model import EfficientADModel, quantile
+from methods.efficientad.pdn import DEFAULT_WIDTH, PDN_SIZES, STUDENT_ATTENTION_KWARGS
 
 
 @dataclass
@@ -44,26 +54,11 @@ class EfficientADOptions:
     map_q_start: float = 0.9
     map_q_end: float = 0.995
     out_channels: int = 384  # teacher channels (student has twice as many)
-    pdn_width: int = 256  # PDN inner width (paper 256; tests use less)
+    cbam_reduction: int = 16  # student CBAM MLP reduction (16: 5,396,553 params; 8: 5,414,985 = the paper's 5.41M)
+    model_size: str = "small"  # small (EfficientAD-S, the seed's) | medium (EfficientAD-M)
+    pdn_width: int = 0  # PDN inner width (0 = the paper's: 256 small, 512 medium; tests use less)
     teacher: str = ""  # distilled teacher file (insplad distill-teacher)
     penalty_dir: str = ""  # folder of ImageNet-like images for the student penalty ("" = off)
-
-
-def augment_colour(batch: torch.Tensor) -> torch.Tensor:
-    """Per image, one of brightness / contrast / saturation by a factor ~U(0.8, 1.2); input and output in [0, 1]."""
-    out = []
-    for img in batch:
-        factor = random.uniform(0.8, 1.2)
-        kind = random.randrange(3)
-        gray = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
-        if kind == 0:
-            other = torch.zeros_like(img)
-        elif kind == 1:
-            other = gray.mean().expand_as(img)
-        else:
-            other = gray.expand_as(img)
-        out.append((factor * img + (1 - factor) * other).clamp(0, 1))
-    return torch.stack(out)
 
 
 class EfficientADDetector(MapDetector):
@@ -75,12 +70,25 @@ class EfficientADDetector(MapDetector):
     default_batch_size = 1
     default_image_size = 256
 
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any], *, epochs_given: bool) -> tuple[dict[str, Any], str | None]:
+        """An explicit ``--epochs N`` without ``--option steps`` means N passes over the train split."""
+        if not epochs_given or "steps" in options:
+            return options, None
+        return {**options, "steps": "0"}, ("efficientad: --epochs given without --option steps: each epoch is one pass "
+                                           "over the train split (steps=0), not the paper's 70,000 steps; "
+                                           "add --option steps=70000 for those")
+
     def __init__(self, options: EfficientADOptions, run: RunConfig) -> None:
         super().__init__(options, run)
         if run.image_size < 64:
             raise InspladError(f"EfficientAD needs --image-size >= 64 (got {run.image_size})")
-        if options.out_channels < 1 or options.pdn_width < 2:
-            raise InspladError("options out_channels >= 1 and pdn_width >= 2 required")
+        if options.out_channels < 1 or options.pdn_width not in (0,) and options.pdn_width < 2:
+            raise InspladError("options out_channels >= 1 and pdn_width >= 2 (or 0: the paper's) required")
+        if options.cbam_reduction < 1:
+            raise InspladError("option cbam_reduction must be >= 1")
+        if options.model_size not in PDN_SIZES:
+            raise InspladError(f"option model_size must be small or medium, got {options.model_size!r}")
         if options.steps < 0:
             raise InspladError("option steps must be >= 0")
         if not 0 < options.val_fraction < 1:
@@ -89,6 +97,8 @@ class EfficientADDetector(MapDetector):
             raise InspladError("options map_q_start < map_q_end must lie in [0, 1]")
         self.model: EfficientADModel | None = None
         self.teacher_source = "unset"
+        self.teacher_backbone = "resnet18"  # what the teacher was distilled from (results' variant.backbone)
+        self.augmentation = colour_augmentation()
         self.optimiser: torch.optim.Optimizer | None = None
         self.step = 0
         self.total_steps = 0
@@ -101,9 +111,19 @@ class EfficientADDetector(MapDetector):
         """The model; built with a random teacher (for profiling or loading) when not set up."""
         if self.model is None:
             o = self.options
-            self.model = EfficientADModel(self.run.image_size, o.attention, None, o.out_channels, o.pdn_width).to(self.device)
+            self.model = EfficientADModel(self.run.image_size, o.attention, None, o.out_channels, self.width,
+                                          o.model_size, self._attention_kwargs()).to(self.device)
             self.teacher_source = "random"
         return self.model
+
+    @property
+    def width(self) -> int:
+        return self.options.pdn_width or DEFAULT_WIDTH[self.options.model_size]
+
+    def _attention_kwargs(self) -> dict | None:
+        if self.options.attention != "cbam":
+            return None
+        return {**STUDENT_ATTENTION_KWARGS["cbam"], "reduction": self.options.cbam_reduction}
 
     def _teacher_file(self) -> str | None:
         return self.options.teacher or self.run.weights
@@ -112,18 +132,23 @@ class EfficientADDetector(MapDetector):
     def setup(self, train_images: Sequence[Path]) -> None:
         o, run = self.options, self.run
         paths = list(train_images)
-        n_fit = int((1 - o.val_fraction) * len(paths))
+        if self.validation_images:
+            paths = paths + list(self.validation_images)
+        n_fit = len(train_images) if self.validation_images else int((1 - o.val_fraction) * len(paths))
         if n_fit < 1 or len(paths) - n_fit < 1:
             raise InspladError(f"EfficientAD needs at least 2 training images (got {len(paths)}): "
                                f"{o.val_fraction:.0%} are held out for map normalisation")
         teacher_file = self._teacher_file()
         if teacher_file:
             teacher, config = load_teacher(teacher_file)
-            if (teacher.out_channels, teacher.width) != (o.out_channels, o.pdn_width):
-                raise InspladError(f"{teacher_file}: teacher has {teacher.out_channels} channels / width {teacher.width}, "
-                                   f"but options ask for out_channels={o.out_channels} pdn_width={o.pdn_width}")
-            self.teacher_source = f"distilled ({config.get('backbone', 'resnet18')} {config.get('backbone_weights', '?')}, " \
-                                  f"{config.get('steps', '?')} steps)"
+            if (teacher.out_channels, teacher.width, teacher.size) != (o.out_channels, self.width, o.model_size):
+                raise InspladError(f"{teacher_file}: teacher is a PDN-{teacher.size} with {teacher.out_channels} channels / "
+                                   f"width {teacher.width}, but options ask for model_size={o.model_size} "
+                                   f"out_channels={o.out_channels} pdn_width={self.width}")
+            origin = f"{config['source']}, " if config.get("source") else ""
+            self.teacher_backbone = str(config.get("backbone", "resnet18"))
+            self.teacher_source = f"distilled ({origin}{config.get('backbone', 'resnet18')} " \
+                                  f"{config.get('backbone_weights', '?')}, {config.get('steps', '?')} steps)"
         elif not run.pretrained:
             teacher = None
             self.teacher_source = "random"
@@ -131,9 +156,11 @@ class EfficientADDetector(MapDetector):
             raise InspladError("EfficientAD needs a distilled teacher: make one with `insplad distill-teacher IMAGE_DIR "
                                "--out teacher.pt` and pass --option teacher=teacher.pt, or train with a random "
                                "teacher using --no-pretrained")
-        self.model = EfficientADModel(run.image_size, o.attention, teacher, o.out_channels, o.pdn_width).to(self.device)
+        self.model = EfficientADModel(run.image_size, o.attention, teacher, o.out_channels, self.width,
+                                      o.model_size, self._attention_kwargs()).to(self.device)
         generator = torch.Generator().manual_seed(run.seed)
-        order = torch.randperm(len(paths), generator=generator).tolist()
+        order = (list(range(len(paths))) if self.validation_images
+                 else torch.randperm(len(paths), generator=generator).tolist())
         fit_paths = [paths[i] for i in order[:n_fit]]
         val_paths = [paths[i] for i in order[n_fit:]]
         self.train_data = load_images_uint8(fit_paths, run.image_size, run.progress, "efficientad load")
@@ -163,13 +190,10 @@ class EfficientADDetector(MapDetector):
     def _penalty_batch(self) -> torch.Tensor | None:
         if not self.penalty_paths:
             return None
-        size = self.run.image_size
-        img = load_rgb(random.choice(self.penalty_paths)).resize((2 * size, 2 * size), Image.BILINEAR)
-        if random.random() < 0.3:
-            img = img.convert("L").convert("RGB")
-        left = (2 * size - size) // 2
-        img = img.crop((left, left, left + size, left + size))
-        return to_tensor(img, None)[None].to(self.device)
+        pick = torch.randint(len(self.penalty_paths), (1,)).item()
+        img = torch.from_numpy(np.asarray(load_rgb(self.penalty_paths[pick]))).permute(2, 0, 1)[None]
+        seed = self.run.seed * 1_000_003 + self.step
+        return normalise(apply(penalty_transform(self.run.image_size), img, seed).to(self.device))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         assert self.model is not None and self.optimiser is not None and self.train_data is not None, "setup() first"
@@ -185,9 +209,9 @@ class EfficientADDetector(MapDetector):
             for group in self.optimiser.param_groups:
                 group["lr"] = lr
             idx = torch.randint(n, (max(1, run.batch_size),))
-            raw = self.train_data[idx].float() / 255.0
+            raw = self.train_data[idx]
             image_st = normalise(raw.to(self.device))
-            image_ae = normalise(augment_colour(raw).to(self.device))
+            image_ae = normalise(apply(self.augmentation, raw, run.seed * 1_000_003 + self.step).to(self.device))
             losses = model.loss(image_st, image_ae, self._penalty_batch(), o.hard_quantile)
             self.optimiser.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -228,12 +252,14 @@ class EfficientADDetector(MapDetector):
             "step": self.step,
             "total_steps": self.total_steps,
             "teacher_source": self.teacher_source,
+            "teacher_backbone": self.teacher_backbone,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         model = self._ensure_model()
         model.load_state_dict(state["model"])
         self.teacher_source = str(state.get("teacher_source", "unknown"))
+        self.teacher_backbone = str(state.get("teacher_backbone", "resnet18"))
         self.step = int(state.get("step", 0))
         self.total_steps = int(state.get("total_steps", self.total_steps))
         if self.optimiser is not None and state.get("optimiser"):
@@ -246,8 +272,12 @@ class EfficientADDetector(MapDetector):
     def variant(self) -> dict[str, Any]:
         o = self.options
         return {
-            "backbone": "resnet18", "attention": o.attention, "size": "small",
-            "student_attention": "after the 3 inner conv+ReLU stages (128/256/256 ch)" if o.attention != "none" else "none",
+            "backbone": self.teacher_backbone, "attention": o.attention, "size": o.model_size,
+            "student_attention": ("none" if o.attention == "none" else
+                                  "after the 3 inner conv+ReLU stages (128/256/256 ch)" if o.model_size == "small"
+                                  else "after the 4 inner conv+ReLU stages (256/512/512/512 ch)"),
+            "augmentation": {"autoencoder": serialise(colour_augmentation()),
+                             **({"penalty": serialise(penalty_transform(self.run.image_size))} if o.penalty_dir else {})},
             "teacher": self.teacher_source, "steps": self.total_steps or o.steps, "penalty": bool(o.penalty_dir),
         }
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.efficientad.autoencoder import AutoEncoder
-from methods.efficientad.pdn import PDN, pdn_small
+from methods.efficientad.pdn import DEFAULT_WIDTH, PDN, build_pdn
 
 TEACHER_CHANNELS = 384
 MAP_PADDING = 4
@@ -29,15 +29,17 @@ def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
 
 class EfficientADModel(nn.Module):
     def __init__(self, image_size: int = 256, attention: str = "none", teacher: PDN | None = None,
-                 channels: int = TEACHER_CHANNELS, width: int = 256) -> None:
+                 channels: int = TEACHER_CHANNELS, width: int | None = None, size: str = "small",
+                 attention_kwargs: dict | None = None) -> None:
         super().__init__()
         self.image_size = image_size
-        self.teacher = teacher if teacher is not None else pdn_small(channels, width=width)
-        if self.teacher.out_channels != channels or self.teacher.width != width:
-            raise ValueError(f"teacher PDN has {self.teacher.out_channels} outputs / width {self.teacher.width}, "
-                             f"expected {channels} / {width}")
+        width = DEFAULT_WIDTH[size] if not width else width
+        self.teacher = teacher if teacher is not None else build_pdn(size, channels, width=width)
+        if (self.teacher.out_channels, self.teacher.width, self.teacher.size) != (channels, width, size):
+            raise ValueError(f"teacher PDN-{self.teacher.size} has {self.teacher.out_channels} outputs / width "
+                             f"{self.teacher.width}, expected PDN-{size} {channels} / {width}")
         self.teacher.requires_grad_(False)
-        self.student = pdn_small(2 * channels, attention=attention, width=width)
+        self.student = build_pdn(size, 2 * channels, attention=attention, width=width, attention_kwargs=attention_kwargs)
         self.autoencoder = AutoEncoder(channels, image_size)
         self.channels = channels
         self.register_buffer("teacher_mean", torch.zeros(1, channels, 1, 1))

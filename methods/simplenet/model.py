@@ -66,42 +66,45 @@ def make_adaptor(dim: int) -> nn.Linear:
 
 
 class SimpleNetModel(nn.Module):
-    """Frozen (attention-)ResNet-18 -> patch embedding -> adaptor -> discriminator."""
+    """Frozen (attention-)ResNet-18 (or another registry backbone) -> patch embedding -> adaptor -> discriminator."""
 
     layers = ("layer2", "layer3")
 
-    def __init__(self, backbone: ResNet18Features, pretrain_dim: int = 1536, target_dim: int = 1536,
-                 hidden: int = 1024, patch_size: int = 3, map_sigma: float = 4.0) -> None:
+    def __init__(self, backbone: ResNet18Features | nn.Module, pretrain_dim: int = 1536, target_dim: int = 1536,
+                 hidden: int = 1024, patch_size: int = 3, map_sigma: float = 4.0,
+                 layers: Sequence[str] | None = None, channels: Sequence[int] | None = None) -> None:
         super().__init__()
         self.map_sigma = map_sigma
         self.backbone = backbone
-        for p in backbone.conv_parameters():
-            p.requires_grad_(False)
+        if layers is not None:  # another backbone's stride-8/16 pair (registry ``layers_at(8, 16)``)
+            self.layers = tuple(layers)
+        self._channels = list(channels) if channels is not None else [CHANNELS[name] for name in self.layers]
+        for name, p in backbone.named_parameters():
+            if ".attention." not in name:
+                p.requires_grad_(False)
         self.embedder = PatchEmbedder(pretrain_dim, target_dim, patch_size)
         self.adaptor = make_adaptor(target_dim)
         self.discriminator = Discriminator(target_dim, hidden)
 
     @property
     def feature_channels(self) -> list[int]:
-        return [CHANNELS[name] for name in self.layers]
+        return list(self._channels)
 
     def attention_modules(self) -> list[nn.Module]:
-        """The SE/CBAM blocks inside the backbone (empty for the plain ResNet-18)."""
-        return [b.attention for b in self._blocks_up_to_last() if not isinstance(b.attention, nn.Identity)]
+        """The SE/CBAM blocks inside the backbone (empty for the plain ResNet-18 and backbones without them)."""
+        return [m.attention for m in self.backbone.modules()
+                if isinstance(getattr(m, "attention", None), nn.Module) and not isinstance(m.attention, nn.Identity)]
 
-    def _blocks_up_to_last(self) -> list[nn.Module]:
-        blocks = []
-        for name in self.backbone.layer_names:
-            blocks.extend(getattr(self.backbone, name))
-        return blocks
+    def attention_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.attention_modules() for p in m.parameters()]
 
     def train(self, mode: bool = True) -> SimpleNetModel:
         """Train mode for the heads and attention blocks; the pretrained trunk's BatchNorms stay frozen."""
         super().train(mode)
         self.backbone.eval()
         if mode:
-            for block in self._blocks_up_to_last():
-                block.attention.train()
+            for module in self.attention_modules():
+                module.train()
         return self
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

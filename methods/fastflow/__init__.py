@@ -1,0 +1,1 @@
+"""FastFlow: 2-D normalizing flows over (SE-/CBAM-)ResNet-18 feature stages (Yu et al. 2021)."""

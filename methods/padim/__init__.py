@@ -1,0 +1,1 @@
+"""PaDiM: per-position Gaussian of random-subset multi-layer features, Mahalanobis anomaly map."""

@@ -1,0 +1,1 @@
+"""RD++: Revisiting Reverse Distillation (multi-projection layer, OCBE, student decoder)."""
