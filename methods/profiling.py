@@ -24,6 +24,7 @@ class Profile:
     trainable_mb: float
     model_mb: float | None
     latency_ms: dict[int, float]  # batch size -> median milliseconds per batch
+    precision: str = "fp32"  # the autocast precision the latency was measured under
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -42,14 +43,15 @@ def _sync(device: str) -> None:
 
 
 def profile_method(method: str, options: dict[str, Any], *, image_size: int | None = None, device: str = "auto",
-                   batch_sizes: Iterable[int] = (1, 32), warmup: int = 1, repeats: int = 3) -> Profile:
+                   batch_sizes: Iterable[int] = (1, 32), warmup: int = 1, repeats: int = 3,
+                   precision: str = "auto") -> Profile:
     """Measure a freshly built (randomly initialised) detector; latency is the median of ``repeats`` timed calls."""
     device = resolve_device(device)
     seed_everything(0)
     cls = get_method(method)
     size = image_size or cls.default_image_size
     detector = build_detector(method, options, RunConfig(epochs=1, batch_size=1, image_size=size, device=device,
-                                                         pretrained=False, progress=False))
+                                                         pretrained=False, progress=False, precision=precision))
     trainable = detector.trainable_parameters()
     trainable_bytes = sum(p.numel() * p.element_size() for m in detector.trainable_modules()
                           for p in m.parameters() if p.requires_grad)
@@ -76,4 +78,4 @@ def profile_method(method: str, options: dict[str, Any], *, image_size: int | No
     from methods.benchmarking import hardware
 
     return Profile(method, detector.variant(), device, hardware(device)["device_name"], size, trainable,
-                   trainable_bytes / 2**20, model_mb, latency)
+                   trainable_bytes / 2**20, model_mb, latency, detector.precision)

@@ -147,8 +147,8 @@ def test_predict_refuses_an_unfinished_checkpoint(toy_dataset: Path, tmp_path: P
     assert result.exit_code != 0 and "not a readable insplad checkpoint" in result.output
 
 
-# CBAM default is the CBAM paper's 7x7 spatial conv: 27,721 (the forks' k=49) - 3 * (2*49*49 - 2*7*7) = 13,609.
-@pytest.mark.parametrize("attention, extra", [("none", 0), ("se", 106_496), ("cbam", 13_609)])
+# CBAM default is the AttentDifferNet code line's 49x49 spatial conv: +27,721, as the paper counts it.
+@pytest.mark.parametrize("attention, extra", [("none", 0), ("se", 106_496), ("cbam", 27_721)])
 def test_profile_reports_parameters_size_and_latency(attention: str, extra: int) -> None:
     result = invoke(["profile", "--method", "differnet", "--attention", attention, "--image-size", "64", "--device", "cpu",
                      "--batch-sizes", "1,2", "--repeats", "1", "--json", *TINY])

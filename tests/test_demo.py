@@ -8,6 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from insplad_tools.cli import main
+from insplad_tools.demo import _imagenet_cached, _offline_weights_available
 from leaderboard.check import check_submission
 from leaderboard.results import validate_results
 
@@ -21,7 +22,14 @@ def test_quick_demo_runs_every_stage_and_writes_checkable_results(tmp_path: Path
     assert (out / "raw" / "README.txt").read_text().upper().count("SYNTHETIC") >= 1
     assert (out / "data" / "manifest.json").is_file()
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == ["differnet-none", "differnet-se", "efficientad-none", "patchcore-none"]
+    lite0 = not _imagenet_cached() and _offline_weights_available()  # offline, with the offline-weights extra
+    assert runs == ["differnet-none", "differnet-se", "efficientad-none"] + ["patchcore-lite0"] * lite0 + ["patchcore-none"]
+    if lite0:  # real pretrained features offline, labelled as not the paper's backbone in tables and plot legends
+        label = "PatchCore on EfficientNet-Lite0 (ImageNet, offline) — not the paper's backbone"
+        assert label in (out / "image_auroc.md").read_text() and label in (out / "aupro.md").read_text()
+        doc = json.loads((out / "runs" / "patchcore-lite0" / "results.json").read_text())
+        assert doc["variant"]["backbone"] == "efficientnet_lite0"
+        assert list((out / "overlays" / "patchcore-lite0").glob("*.png"))
     for name in runs:
         doc = json.loads((out / "runs" / name / "results.json").read_text())
         assert validate_results(doc) == []

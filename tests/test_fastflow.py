@@ -88,7 +88,11 @@ def test_interrupted_training_resumes_to_the_same_model(toy_dataset, tmp_path):
     first.fit(train, checkpoint=checkpoint)
     first.save(checkpoint, finished=False)
     resumed = build_detector("fastflow", options, _run(epochs=2))
+    trained_epochs = []
+    train_epoch = resumed.train_epoch
+    resumed.train_epoch = lambda epoch: trained_epochs.append(epoch) or train_epoch(epoch)
     resumed.fit(train, checkpoint=checkpoint)
+    assert trained_epochs == [1]  # epoch 0 came from the checkpoint
     assert [h["epoch"] for h in resumed.history] == [0, 1]
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-5)
     for key, value in straight.model.state_dict().items():

@@ -58,6 +58,8 @@ def test_protocol_options_are_checked_before_anything_runs(toy_dataset: Path, tm
         BenchmarkConfig(method="differnet", data=toy_dataset, out=tmp_path, eval_every=3).resolved()
     with pytest.raises(InspladError, match="uses no validation"):
         BenchmarkConfig(method="differnet", data=toy_dataset, out=tmp_path, val_split=0.2).resolved()
+    assert BenchmarkConfig(method="efficientad", data=toy_dataset, out=tmp_path, val_split=0.2,
+                           device="cpu").resolved().protocol_record()["val_split"] == 0.2
     assert BenchmarkConfig(method="differnet", data=toy_dataset, out=tmp_path, protocol="paper",
                            device="cpu").resolved().eval_every == 8
     bad = {"name": "paper", "model_selection": "last epoch"}

@@ -119,7 +119,6 @@ def _build_lite0(attention: str, pretrained: bool, weights: str | Path | None, p
 def _specs() -> dict[str, BackboneSpec]:
     from torchvision.models import AlexNet_Weights, ResNet18_Weights, Wide_ResNet50_2_Weights, Wide_ResNet101_2_Weights
 
-    wrn_attention = ""
     specs = [
         BackboneSpec("alexnet", "AlexNet", tuple(_alexnet.LAYER_INDEX),
                      {k: c for k, (_, c, _) in _alexnet.LAYER_INDEX.items()},
@@ -132,11 +131,11 @@ def _specs() -> dict[str, BackboneSpec]:
                      "torchvision ImageNet (ResNet18_Weights.IMAGENET1K_V1) or --weights PATH",
                      ResNet18_Weights.IMAGENET1K_V1, builder=_build_resnet18),
         BackboneSpec("wide_resnet50_2", "Wide ResNet-50-2", _wrn.LAYERS, dict(_wrn.CHANNELS), dict(_wrn.STRIDES),
-                     (), wrn_attention,
+                     (), "",
                      "torchvision ImageNet (Wide_ResNet50_2_Weights.IMAGENET1K_V1) or --weights PATH",
                      Wide_ResNet50_2_Weights.IMAGENET1K_V1, builder=_wide_builder(50)),
         BackboneSpec("wide_resnet101_2", "Wide ResNet-101-2", _wrn.LAYERS, dict(_wrn.CHANNELS), dict(_wrn.STRIDES),
-                     (), wrn_attention,
+                     (), "",
                      "torchvision ImageNet (Wide_ResNet101_2_Weights.IMAGENET1K_V1) or --weights PATH",
                      Wide_ResNet101_2_Weights.IMAGENET1K_V1, builder=_wide_builder(101)),
         BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0", _lite.LAYERS, dict(_lite.CHANNELS),
@@ -174,11 +173,6 @@ def build_backbone(name: str, *, attention: str = "none", pretrained: bool = Tru
     if last_layer is not None and last_layer not in spec.layers:
         raise InspladError(f"backbone {name} has no layer {last_layer!r}; choose one of {', '.join(spec.layers)}")
     return spec.builder(attention, pretrained, weights, progress, last_layer)
-
-
-def is_pretrained_source(source: str) -> bool:
-    """Whether a source string from :func:`build_backbone` means trained (not random) weights."""
-    return source != "random"
 
 
 def backbone_label(name: str, source: str, *, paper_backbone: str | None = None) -> str:

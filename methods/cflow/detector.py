@@ -39,6 +39,7 @@ from methods.fastflow.detector import calibrate_random_batchnorm, feature_shapes
 
 @dataclass
 class CFlowOptions:
+    attention: str = "none"  # only none: seed 000 ran CFLOW-AD without attention
     backbone: str = "wide_resnet50_2"  # the paper's encoder; resnet18 for seed 000's lighter comparators
     layers: tuple = ("layer2", "layer3", "layer4")
     condition_dims: int = 128
@@ -78,6 +79,9 @@ class CFlowDetector(MapDetector):
 
     def __init__(self, options: CFlowOptions, run: RunConfig) -> None:
         super().__init__(options, run)
+        if options.attention != "none":
+            raise InspladError(f"CFLOW-AD has no {options.attention} variant (seed 000 ran it without attention; "
+                               "SE/CBAM on its frozen backbone would stay untrained)")
         if options.condition_dims < 4 or options.condition_dims % 4:
             raise InspladError("option condition_dims must be a positive multiple of 4")
         for key in ("coupling_blocks", "fiber_batch", "sub_epochs"):
@@ -128,7 +132,8 @@ class CFlowDetector(MapDetector):
         per_image = sum(c * h * w for c, h, w in feature_shapes(self.model.backbone, self.model.layers, size)) * 4
         if n * per_image > self.options.feature_cache_mb * 2**20:
             return None
-        chunks = [self._features(start, start + max(1, self.run.batch_size)) for start in range(0, n, max(1, self.run.batch_size))]
+        bs = max(1, self.run.batch_size)
+        chunks = [self._features(start, start + bs) for start in range(0, n, bs)]
         return [torch.cat([c[i] for c in chunks]) for i in range(len(self.model.layers))]
 
     def _features(self, start: int, stop: int, index: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -178,7 +183,10 @@ class CFlowDetector(MapDetector):
         top = torch.full((len(model.layers),), -math.inf, device=self.device)
         n, bs = self.train_data.shape[0], max(1, self.run.batch_size)
         for start in tqdm(range(0, n, bs), desc="cflow calibrate", disable=not self.run.progress, leave=False):
-            feats = [f[start:start + bs] for f in self.cache] if self.cache is not None else self._features(start, start + bs)
+            if self.cache is not None:
+                feats = [f[start:start + bs] for f in self.cache]
+            else:
+                feats = self._features(start, start + bs)
             for layer, lp in enumerate(model.log_prob_maps(feats)):
                 top[layer] = torch.maximum(top[layer], lp.max())
         model.logp_max.copy_(top)

@@ -43,16 +43,32 @@ def fc_subnet(channels_in: int, channels_out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(channels_in, 2 * channels_in), nn.ReLU(), nn.Linear(2 * channels_in, channels_out))
 
 
+def random_rotation(n: int) -> torch.Tensor:
+    """A uniformly (Haar) distributed rotation in SO(n), from torch's RNG: QR of a Gaussian matrix."""
+    q, r = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q.float()
+
+
 def cflow_head(dims: int, condition_dims: int = 128, coupling_blocks: int = 8, clamp: float = 1.9) -> SequenceINN:
     """A conditional flow on ``dims``-d fibers; ``flow(x, c=[cond])`` returns ``(z, log|det J|)``.
 
-    ``permute_soft=True`` draws each block's orthogonal matrix from numpy's global RNG (scipy), so
-    the caller seeds numpy first (``Detector.fit`` does); the matrices are saved with the state dict.
+    The reference's ``permute_soft=True`` (a random rotation before each block, from scipy's
+    ``special_ortho_group``) takes minutes at WRN-50-2's 2048 channels; the same Haar-distributed
+    rotation is drawn here by a QR decomposition in torch (seeded by ``Detector.fit``) and placed in
+    the block's fixed permutation matrix. The matrices are saved with the state dict.
     """
     flow = SequenceINN(dims)
     for _ in range(coupling_blocks):
         flow.append(AllInOneBlock, cond=0, cond_shape=(condition_dims,), subnet_constructor=fc_subnet,
-                    affine_clamping=clamp, global_affine_type="SOFTPLUS", permute_soft=True)
+                    affine_clamping=clamp, global_affine_type="SOFTPLUS", permute_soft=False)
+    with torch.no_grad():
+        for block in flow.module_list:
+            w = random_rotation(dims)
+            block.w_perm.copy_(w.view_as(block.w_perm))
+            block.w_perm_inv.copy_(w.T.contiguous().view_as(block.w_perm_inv))
     return flow
 
 

@@ -36,6 +36,7 @@ from methods.weights import load_state_dict
 
 @dataclass
 class CSFlowOptions:
+    attention: str = "none"  # only none: seed 000 ran CS-Flow without attention
     backbone: str = "efficientnet_b5"
     layer: str = ""  # backbone stage; "" = block35 of EfficientNet-B5 (required for other backbones)
     coupling_blocks: int = 4
@@ -78,10 +79,14 @@ class CSFlowDetector(MapDetector):
 
     def __init__(self, options: CSFlowOptions, run: RunConfig) -> None:
         super().__init__(options, run)
+        if options.attention != "none":
+            raise InspladError(f"CS-Flow has no {options.attention} variant (seed 000 ran it without attention; "
+                               "SE/CBAM on its frozen backbone would stay untrained)")
         for key in ("coupling_blocks", "hidden"):
             if getattr(options, key) < 1:
                 raise InspladError(f"option {key} must be >= 1")
-        if len(options.kernel_sizes) < options.coupling_blocks or any(k < 1 or k % 2 == 0 for k in options.kernel_sizes):
+        kernels = options.kernel_sizes
+        if len(kernels) < options.coupling_blocks or any(k < 1 or k % 2 == 0 for k in kernels):
             raise InspladError("option kernel_sizes needs one odd size per coupling block")
         if not (options.clamp > 0 and options.lr > 0 and options.eps > 0 and options.max_grad_norm > 0):
             raise InspladError("options clamp, lr, eps and max_grad_norm must be > 0")
@@ -200,7 +205,8 @@ class CSFlowDetector(MapDetector):
             notes.append(f"{self.options.backbone} backbone randomly initialised (--no-pretrained): "
                          "not comparable to ImageNet runs")
         if self.options.backbone != "efficientnet_b5":
-            notes.append(f"{self.options.backbone} {self.layer} features (the CS-Flow paper uses EfficientNet-B5 block 35)")
+            notes.append(f"{self.options.backbone} {self.layer} features "
+                         "(the CS-Flow paper uses EfficientNet-B5 block 35)")
         if self.run.image_size != 768:
             notes.append(f"{self.run.image_size} px input (the CS-Flow paper uses 768 px)")
         notes.append("map = product over scales of the upsampled mean z^2 (anomalib); the reference scores images only")

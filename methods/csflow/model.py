@@ -122,7 +122,8 @@ class CrossScaleFlow(nn.Module):
                 for k in range(coupling_blocks))
         finally:
             np.random.set_state(numpy_state)
-        self.couplings = nn.ModuleList(CrossScaleCoupling(dims, clamp=clamp, hidden=hidden, kernel_size=int(kernel_sizes[k]))
+        self.couplings = nn.ModuleList(CrossScaleCoupling(dims, clamp=clamp, hidden=hidden,
+                                                          kernel_size=int(kernel_sizes[k]))
                                        for k in range(coupling_blocks))
 
     def forward(self, x: Sequence[torch.Tensor], rev: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -152,7 +153,8 @@ class CSFlowModel(nn.Module):
     scales of the upsampled channel mean of z^2, anomalib's CS-Flow map).
     """
 
-    def __init__(self, backbone: nn.Module, layer: str, shapes: Sequence[tuple[int, int, int]], coupling_blocks: int = 4,
+    def __init__(self, backbone: nn.Module, layer: str, shapes: Sequence[tuple[int, int, int]],
+                 coupling_blocks: int = 4,
                  clamp: float = 3.0, hidden: int = 1024, kernel_sizes: Sequence[int] = (3, 3, 3, 5)) -> None:
         super().__init__()
         self.backbone = backbone.eval()

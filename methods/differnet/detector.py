@@ -53,6 +53,7 @@ from methods.base import Detector, ImageResult
 from methods.data import load_rgb
 from methods.differnet.flow import differnet_flow
 from methods.differnet.model import DifferNetModel, nll_loss, normalize, rotate_batch
+from methods.precision import full_precision
 
 
 @dataclass
@@ -95,6 +96,7 @@ class DifferNetDetector(Detector):
     default_batch_size = 24
     default_image_size = 448
     paper_eval_every = 8       # DifferNet train.py: test AUROC after every meta-epoch of 8 sub-epochs
+    fp16_training = True       # train_epoch steps through Detector.backward_step
 
     def __init__(self, options: DifferNetOptions, run) -> None:
         super().__init__(options, run)
@@ -218,15 +220,15 @@ class DifferNetDetector(Detector):
                 else:
                     with torch.no_grad():
                         feats = model.features(batch)
-                    z, log_jac_det = model.flow(feats)
+                    with full_precision(self.device):
+                        z, log_jac_det = model.flow(feats.float())
                 loss = nll_loss(z, log_jac_det)
             if not torch.isfinite(loss):
                 raise InspladError(
                     f"differnet: training diverged at epoch {epoch + 1}, batch {batch_index + 1}: the flow produced a "
                     f"non-finite loss ({loss.item()}); lower the learning rate (--option lr=...) or check the images")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.backward_step(loss, self.optimizer)
             losses.append(loss.item())
         logs = {"loss": float(np.mean(losses))}
         if self.trains_attention and self.reference_spread > 0:

@@ -13,6 +13,7 @@ from torch import nn
 
 from methods.backbones.alexnet import OUT_CHANNELS, AlexNetFeatures
 from methods.data import IMAGENET_MEAN, IMAGENET_STD
+from methods.precision import full_precision
 
 FEATURE_NORMS = ("none", "rms")
 
@@ -48,7 +49,8 @@ class DifferNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.features(x)
-        z, log_jac_det = self.flow(feats.float())
+        with full_precision(feats.device):  # the flow's exp(s) overflows in half precision
+            z, log_jac_det = self.flow(feats.float())
         return z, log_jac_det, feats
 
 

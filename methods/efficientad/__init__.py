@@ -1,1 +1,1 @@
-"""EfficientAD-S (Batzner et al., WACV 2024) with a ResNet-18-distilled teacher and SE/CBAM in the student."""
+"""EfficientAD-S/M (Batzner et al., WACV 2024) with SE/CBAM in the student; reference or distilled teachers."""

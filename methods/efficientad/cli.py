@@ -13,6 +13,7 @@ from insplad_tools.errors import InspladError, one_line_os_errors
 from insplad_tools.fsutil import atomic_write_bytes
 from insplad_tools.safety import ensure_disjoint, signals_raise
 from methods.base import resolve_device
+from methods.precision import PRECISIONS
 
 
 def _finite(value: float, param: click.Parameter) -> float:
@@ -45,10 +46,13 @@ def _finite(value: float, param: click.Parameter) -> float:
 @click.option("--model-size", type=click.Choice(["small", "medium"]), default="small", show_default=True,
               help="Teacher PDN: small (EfficientAD-S) or medium (EfficientAD-M).")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Autocast precision: fp32, bf16 or fp16 (loss-scaled); auto = bf16 on CUDA with bf16 support, "
+                   "fp32 on CPU.")
 @one_line_os_errors
 def distill_teacher(image_dir: Path, out: Path, steps: int, image_size: int, batch_size: int, lr: float, device: str,
                     seed: int, workers: int, pretrained: bool, weights: Path | None, backbone: str, model_size: str,
-                    progress: bool) -> None:
+                    progress: bool, precision: str) -> None:
     """Distil an EfficientAD teacher (PDN-small or -medium, 384 channels) from --backbone features of IMAGE_DIR.
 
     \b
@@ -75,7 +79,8 @@ def distill_teacher(image_dir: Path, out: Path, steps: int, image_size: int, bat
     with signals_raise():
         payload = run_distill(paths, steps=steps, image_size=image_size, batch_size=batch_size, lr=lr,
                               device=resolve_device(device), pretrained=pretrained, weights=weights, seed=seed,
-                              workers=workers, progress=progress, backbone=backbone, model_size=model_size)
+                              workers=workers, progress=progress, backbone=backbone, model_size=model_size,
+                              precision=precision)
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,8 @@ class EfficientADDetector(MapDetector):
     default_epochs = 10
     default_batch_size = 1
     default_image_size = 256
+    uses_validation = True  # --val-split: the held-out normal images give the map quantiles
+    fp16_training = True  # train_epoch steps through Detector.backward_step
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any], *, epochs_given: bool) -> tuple[dict[str, Any], str | None]:
@@ -214,8 +216,7 @@ class EfficientADDetector(MapDetector):
             image_ae = normalise(apply(self.augmentation, raw, run.seed * 1_000_003 + self.step).to(self.device))
             losses = model.loss(image_st, image_ae, self._penalty_batch(), o.hard_quantile)
             self.optimiser.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            self.optimiser.step()
+            self.backward_step(losses["loss"], self.optimiser)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             count += 1

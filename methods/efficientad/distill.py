@@ -32,6 +32,7 @@ from methods.base import unsafe_load_reason
 from methods.data import load_rgb, to_tensor
 from methods.efficientad.model import TEACHER_CHANNELS
 from methods.efficientad.pdn import PDN, PDN_SIZES, build_pdn
+from methods.precision import autocast, resolve_precision
 from methods.simplenet.model import PatchEmbedder
 
 TEACHER_FORMAT = "insplad-efficientad-teacher/1"
@@ -96,8 +97,12 @@ class FeatureTarget(nn.Module):
 def distill_teacher(paths: Sequence[Path], *, steps: int = 60_000, image_size: int = 256, batch_size: int = 16,
                     lr: float = 1e-4, weight_decay: float = 1e-5, device: str = "cpu", pretrained: bool = True,
                     weights: str | Path | None = None, seed: int = 0, workers: int = 0, stat_images: int = 1000,
-                    progress: bool = True, backbone: str = "resnet18", model_size: str = "small") -> dict[str, Any]:
+                    progress: bool = True, backbone: str = "resnet18", model_size: str = "small",
+                    precision: str = "fp32") -> dict[str, Any]:
     """Train a teacher PDN on ``paths``; returns the saveable payload (format, state_dict, config).
+
+    ``precision`` (fp32 | bf16 | fp16 | auto) runs the forward passes under autocast; the loss and the
+    feature statistics stay fp32, and fp16 scales the loss (GradScaler).
 
     ``backbone``: ``resnet18`` (default, the project's) or ``wide_resnet101_2`` (the paper's); ``model_size``
     small (EfficientAD-S) or medium (EfficientAD-M)."""
@@ -109,6 +114,7 @@ def distill_teacher(paths: Sequence[Path], *, steps: int = 60_000, image_size: i
         raise InspladError("--steps must be >= 1")
     if image_size < 64:
         raise InspladError(f"--image-size must be >= 64 (got {image_size})")
+    precision = resolve_precision(precision, device)
     random.seed(seed)
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -125,7 +131,8 @@ def distill_teacher(paths: Sequence[Path], *, steps: int = 60_000, image_size: i
                              num_samples=min(stat_images, max(len(data), batch_size))), num_workers=workers)
     total, total_sq, count = 0.0, 0.0, 0
     for _, big in tqdm(stat_loader, desc="teacher feature stats", disable=not progress, leave=False):
-        f = target(big.to(dev))
+        with autocast(dev, precision):
+            f = target(big.to(dev)).float()
         total = total + f.sum(dim=(0, 2, 3))
         total_sq = total_sq + (f.double() ** 2).sum(dim=(0, 2, 3)).float()
         count += f.shape[0] * f.shape[2] * f.shape[3]
@@ -136,17 +143,24 @@ def distill_teacher(paths: Sequence[Path], *, steps: int = 60_000, image_size: i
     loader = DataLoader(data, batch_size=batch_size, sampler=RandomSampler(data, replacement=True,
                         num_samples=steps * batch_size), num_workers=workers)
     pdn.train()
+    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
     losses: list[float] = []
     bar = tqdm(loader, total=steps, desc="distill teacher", unit="step", disable=not progress, leave=False)
     for small, big in bar:
-        goal = (target(big.to(dev)) - mean) / std
-        out = pdn(small.to(dev))
+        with autocast(dev, precision):
+            goal = (target(big.to(dev)).float() - mean) / std
+            out = pdn(small.to(dev)).float()
         if goal.shape[-2:] != out.shape[-2:]:
             goal = F.interpolate(goal, size=out.shape[-2:], mode="bilinear")
         loss = ((out - goal) ** 2).mean()
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        if scaler is None:
+            loss.backward()
+            optimiser.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     source = f"weights file {Path(weights).name}" if weights is not None else ("imagenet" if pretrained else "random")
@@ -155,7 +169,7 @@ def distill_teacher(paths: Sequence[Path], *, steps: int = 60_000, image_size: i
         "state_dict": {k: v.detach().cpu() for k, v in pdn.state_dict().items()},
         "config": {"out_channels": TEACHER_CHANNELS, "width": pdn.width, "size": model_size, "image_size": image_size,
                    "steps": steps, "batch_size": batch_size, "backbone": backbone, "backbone_weights": source, "n_images": len(data),
-                   "first_loss": losses[0], "last_loss": losses[-1]},
+                   "first_loss": losses[0], "last_loss": losses[-1], "precision": precision},
     }
 
 

@@ -46,7 +46,7 @@ class FastFlowOptions:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     train_attention: bool = True
-    feature_cache_mb: int = 2048  # cache the train set's backbone features when nothing before the flows trains (0 = never)
+    feature_cache_mb: int = 2048  # cache train features when nothing before the flows trains (0 = never)
 
 
 def flow_backbone(name: str, attention: str, run: RunConfig, pretrained: bool,
@@ -165,7 +165,8 @@ class FastFlowDetector(MapDetector):
         self.model.eval()
         chunks: list[list[torch.Tensor]] = []
         for start in range(0, n, max(1, self.run.batch_size)):
-            chunks.append(self.model.features(normalise(self.train_data[start:start + self.run.batch_size].to(self.device))))
+            batch = self.train_data[start:start + self.run.batch_size].to(self.device)
+            chunks.append(self.model.features(normalise(batch)))
         return [torch.cat([c[i] for c in chunks]) for i in range(len(self.model.layers))]
 
     def train_epoch(self, epoch: int) -> dict[str, float]:

@@ -65,7 +65,8 @@ class FastFlowModel(nn.Module):
 
     def attention_modules(self) -> list[nn.Module]:
         """SE/CBAM blocks inside the backbone (empty for a plain backbone)."""
-        return [m for n, m in self.backbone.named_modules() if n.endswith(".attention") and not isinstance(m, nn.Identity)]
+        return [m for n, m in self.backbone.named_modules()
+                if n.endswith(".attention") and not isinstance(m, nn.Identity)]
 
     def train(self, mode: bool = True) -> FastFlowModel:
         """Train mode for norms, flows and attention; the frozen trunk (and its BatchNorms) stays in eval."""

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
 from methods.data import load_images_uint8, normalise
+from methods.precision import full_precision
 from methods.padim.model import PadimModel, gaussian_statistics, random_channel_index
 from methods.simplenet.detector import calibrate_batchnorm
 
@@ -148,13 +149,14 @@ class PadimDetector(MapDetector):
             if pending:
                 x = torch.cat(pending, dim=1)  # (P, N_buffered, d)
                 total.add_(x.sum(1))
-                outer.baddbmm_(x.transpose(1, 2).contiguous(), x)
+                with full_precision(x.device):  # covariance sums in fp32 under any --precision
+                    outer.baddbmm_(x.transpose(1, 2).contiguous(), x)
                 pending.clear()
                 pending_bytes = 0
 
         for start in tqdm(range(0, self.train_data.shape[0], bs), desc="padim features", unit="batch",
                           disable=not self.run.progress, leave=False):
-            emb = model.embed(normalise(self.train_data[start:start + bs].to(self.device)))
+            emb = model.embed(normalise(self.train_data[start:start + bs].to(self.device))).float()
             b, d, h, w = emb.shape
             x = emb.reshape(b, d, h * w).permute(2, 0, 1)  # (P, B, d)
             if shift is None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.precision import full_precision
 from methods.simplenet.model import gaussian_blur
 
 
@@ -87,8 +88,9 @@ class PadimModel(nn.Module):
             raise RuntimeError(f"PaDiM statistics cover {self.mean.shape[0]} positions, the input gives {h * w}: "
                                "predict at the image size the model was fitted at")
         # (P, B, d), made contiguous: a strided batch makes CPU bmm about 20x slower
-        delta = (emb.reshape(b, d, h * w).permute(2, 0, 1) - self.mean[:, None, :]).contiguous()
-        squared = (torch.bmm(delta, self.inv_covariance) * delta).sum(-1)  # (P, B)
+        with full_precision(emb.device):  # Mahalanobis in fp32 under any --precision
+            delta = (emb.float().reshape(b, d, h * w).permute(2, 0, 1) - self.mean[:, None, :]).contiguous()
+            squared = (torch.bmm(delta, self.inv_covariance) * delta).sum(-1)  # (P, B)
         return squared.clamp_min(0).sqrt().transpose(0, 1).reshape(b, h, w)
 
     @torch.no_grad()

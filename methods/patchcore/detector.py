@@ -70,8 +70,8 @@ class PatchCoreDetector(MapDetector):
             raise InspladError("option map_upsample must be bilinear or nearest")
         self.spec = get_backbone(options.backbone)
         if options.attention not in ("none", *self.spec.attention):
-            raise InspladError(f"option attention={options.attention} needs backbone resnet18 "
-                               f"(backbone {options.backbone} has no attention blocks)")
+            raise InspladError(f"option attention={options.attention}: backbone {options.backbone} has no attention "
+                               "blocks (use backbone=resnet18)")
         self.model: PatchCoreModel | None = None
         self.backbone_source = "unset"
         self.bank_source = "unset"
@@ -173,6 +173,5 @@ class PatchCoreDetector(MapDetector):
         if self.options.attention != "none":
             notes.append(f"{self.options.attention.upper()} blocks at random init (PatchCore trains nothing)")
         if self.options.backbone != PAPER_BACKBONE:
-            notes.append(f"backbone {backbone_label(self.options.backbone, self.backbone_source, paper_backbone=PAPER_BACKBONE)}"
-                         " (the PatchCore paper and anomalib default use WRN-50-2)")
+            notes.append(f"{self.spec.title} backbone (the PatchCore paper and anomalib default use WRN-50-2)")
         return notes

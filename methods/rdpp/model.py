@@ -139,8 +139,10 @@ class _Identity(nn.Module):
 
 
 def _kaiming(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out) convs and unit BatchNorms, as the reference; transposed convs keep
+    PyTorch's default init there (``isinstance(m, nn.Conv2d)`` is false for them), and here too."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)

@@ -104,8 +104,8 @@ class SimpleNetDetector(MapDetector):
             raise InspladError("option patch_size must be odd")
         self.spec = get_backbone(options.backbone)
         if options.attention not in ("none", *self.spec.attention):
-            raise InspladError(f"option attention={options.attention} needs backbone resnet18 "
-                               f"(backbone {options.backbone} has no attention blocks)")
+            raise InspladError(f"option attention={options.attention}: backbone {options.backbone} has no attention "
+                               "blocks (use backbone=resnet18)")
         self.model: SimpleNetModel | None = None
         self.backbone_source = "unset"
         self.optimisers: list[torch.optim.Optimizer] = []
@@ -277,9 +277,8 @@ class SimpleNetDetector(MapDetector):
         if self.backbone_source == "random":
             notes.append(f"{self.spec.title} backbone randomly initialised (--no-pretrained): not comparable to "
                          "ImageNet runs")
-        if self.options.backbone != SimpleNetOptions.backbone:
-            notes.append(f"backbone {backbone_label(self.options.backbone, self.backbone_source, paper_backbone=PAPER_BACKBONE)}"
-                         f" (option backbone={self.options.backbone})")
+        if self.options.backbone != PAPER_BACKBONE:
+            notes.append(f"{self.spec.title} backbone (SimpleNet's official code uses WRN-50-2)")
         if self.options.attention != "none" and self.options.train_attention:
             notes.append(f"{self.options.attention.upper()} blocks trained from scratch with the SimpleNet loss "
                          "(backbone convs frozen at their initial weights)")

@@ -222,6 +222,13 @@ def _foreign_manifest(c: Ctx) -> list[Any]:
     return ["build-splits", c.raw, c.out, "-q", "--overwrite"]
 
 
+def _failed_overwrite(c: Ctx) -> list[Any]:
+    """OUT holds an earlier build; a --strict --overwrite rebuild fails: the earlier build must stay as it was."""
+    shutil.copytree(c.data, c.out)
+    frame_bytes(b"corrupt")(c)
+    return ["build-splits", c.raw, c.out, "--strict", "--overwrite"]
+
+
 def _nonempty(c: Ctx) -> list[Any]:
     c.out.mkdir()
     (c.out / "notes.txt").write_text("keep")
@@ -325,6 +332,7 @@ CASES: dict[str, Case] = {
     "out-contains-taxonomy": Case(_out_contains_taxonomy, ("contains the input --taxonomy",)),
     "overwrite-foreign-folder": Case(_foreign_out, ("not a folder written by insplad",)),
     "overwrite-foreign-manifest": Case(_foreign_manifest, ("not a folder written by insplad",)),
+    "overwrite-own-output-then-failure": Case(_failed_overwrite, ("--strict", "nothing was written"), ("images/", "cannot decode")),
     "out-nonempty-without-overwrite": Case(_nonempty, ("use --overwrite",)),
     "out-parent-is-a-file": Case(_parent_is_file, ("afile",)),
     "raw-missing": Case(lambda c: ["build-splits", c.tmp / "nope", c.out, "-q"], ("nope", "does not exist")),

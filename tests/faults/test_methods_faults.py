@@ -171,13 +171,26 @@ def reference(toy_master: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return predictions_bytes(out)
 
 
-def test_kill_9_then_rerun_gives_the_same_predictions(toy_master: Path, tmp_path: Path, reference: dict[str, bytes]) -> None:
+def test_sigterm_then_kill_9_then_rerun_gives_the_same_predictions(toy_master: Path, tmp_path: Path,
+                                                                   reference: dict[str, bytes]) -> None:
+    """SIGTERM after the first checkpoint, kill -9 of the resumed run after the second, then a clean rerun."""
     out = tmp_path / "out"
+    lock = out.parent / f".{out.name}.lock"
     proc = popen(bench(toy_master, out))
     wait_for(out / "checkpoints" / "seed-0" / "disc.pt", proc)
-    proc.kill()
-    proc.wait()
-    assert (out.parent / f".{out.name}.lock").exists()  # kill -9 leaves the lock: the rerun must take it over
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err
+    assert not list(out.rglob("*.tmp-*")) and not lock.exists()  # SIGTERM cleans up temporary files and the lock
+    assert_no_leftovers(out)
+
+    resumed = popen(bench(toy_master, out))
+    wait_for(out / "checkpoints" / "seed-0" / "ring.pt", resumed)
+    resumed.kill()
+    resumed.wait()
+    assert lock.exists()  # kill -9 leaves the lock: the rerun must take it over
+
     rerun = popen(bench(toy_master, out))
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
@@ -187,32 +200,19 @@ def test_kill_9_then_rerun_gives_the_same_predictions(toy_master: Path, tmp_path
     assert_no_leftovers(out)
 
 
-def test_sigterm_cleans_up_and_rerun_gives_the_same_predictions(toy_master: Path, tmp_path: Path,
-                                                                reference: dict[str, bytes]) -> None:
-    out = tmp_path / "out"
-    proc = popen(bench(toy_master, out))
-    wait_for(out / "checkpoints" / "seed-0" / "disc.pt", proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "interrupted by SIGTERM" in err and "Traceback" not in err
-    assert not list(out.rglob("*.tmp-*"))
-    assert_no_leftovers(out)
-    rerun = popen(bench(toy_master, out))
-    _, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, err
-    assert predictions_bytes(out) == reference
-
-
 def test_second_benchmark_on_the_same_out_fails_while_the_first_runs(toy_master: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = popen(bench(toy_master, out))
     wait_for(out.parent / f".{out.name}.lock", first)
-    busy = [out, out.parent / f".{out.name}.lock"]  # the first run's own files
-    before = snapshot(tmp_path, exclude=busy)
-    second = run_cli(bench(toy_master, out))
-    assert_one_line_error(second, names=["another insplad benchmark", f"pid {first.pid}", str(out)])
-    assert not diff_snapshots(before, snapshot(tmp_path, exclude=busy))
+    first.send_signal(signal.SIGSTOP)  # hold the first run mid-way, so the race is deterministic
+    try:
+        busy = [out, out.parent / f".{out.name}.lock"]  # the first run's own files
+        before = snapshot(tmp_path, exclude=busy)
+        second = run_cli(bench(toy_master, out))
+        assert_one_line_error(second, names=["another insplad benchmark", f"pid {first.pid}", str(out)])
+        assert not diff_snapshots(before, snapshot(tmp_path, exclude=busy))
+    finally:
+        first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert run_cli(["leaderboard", "check", out, "--data", toy_master]).exit_code == 0
@@ -224,7 +224,7 @@ def test_full_disk_is_one_line_and_leaves_no_partial_checkpoint(toy_master: Path
     def small_files() -> None:  # writes beyond 1 MB fail with EFBIG, as on a full disk (Python ignores SIGXFSZ)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
-    proc = popen(bench(toy_master, out), preexec_fn=small_files)
+    proc = popen(bench(toy_master, out, "--category", "disc"), preexec_fn=small_files)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
