@@ -30,7 +30,8 @@ from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
 from methods.csflow.model import CSFlowModel, EfficientNetB5Features
 from methods.data import load_images_uint8, normalise
-from methods.fastflow.detector import calibrate_random_batchnorm, feature_shapes, flow_backbone
+from methods.fastflow.detector import (calibrate_random_batchnorm, feature_shapes, flow_backbone, flow_state,
+                                       load_flow_state)
 from methods.weights import load_state_dict
 
 
@@ -178,17 +179,10 @@ class CSFlowDetector(MapDetector):
         self.train_data = self.cache = None
 
     def state(self) -> dict[str, Any]:
-        model = self._ensure_model()
-        return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimiser": self.optimiser.state_dict() if self.optimiser is not None else {},
-                "backbone_source": self.backbone_source}
+        return flow_state(self)
 
     def load_state(self, state: dict[str, Any]) -> None:
-        model = self._ensure_model()
-        model.load_state_dict(state["model"])
-        self.backbone_source = str(state.get("backbone_source", "unknown"))
-        if self.optimiser is not None and state.get("optimiser"):
-            self.optimiser.load_state_dict(state["optimiser"])
+        load_flow_state(self, state)
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         return [self._ensure_model().flow]

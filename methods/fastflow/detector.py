@@ -49,6 +49,22 @@ class FastFlowOptions:
     feature_cache_mb: int = 2048  # cache train features when nothing before the flows trains (0 = never)
 
 
+def flow_state(detector: Any) -> dict[str, Any]:
+    """The checkpoint state the flow methods share: model weights, optimiser state, backbone source."""
+    model = detector._ensure_model()
+    return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimiser": detector.optimiser.state_dict() if detector.optimiser is not None else {},
+            "backbone_source": detector.backbone_source}
+
+
+def load_flow_state(detector: Any, state: dict[str, Any]) -> None:
+    """Restore what :func:`flow_state` returned."""
+    detector._ensure_model().load_state_dict(state["model"])
+    detector.backbone_source = str(state.get("backbone_source", "unknown"))
+    if detector.optimiser is not None and state.get("optimiser"):
+        detector.optimiser.load_state_dict(state["optimiser"])
+
+
 def flow_backbone(name: str, attention: str, run: RunConfig, pretrained: bool,
                   layers: Sequence[str]) -> tuple[torch.nn.Module, str]:
     """A backbone of the shared registry built up to the deepest of ``layers``, and its weight source."""
@@ -197,17 +213,10 @@ class FastFlowDetector(MapDetector):
         self.train_data = self.cache = None
 
     def state(self) -> dict[str, Any]:
-        model = self._ensure_model()
-        return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimiser": self.optimiser.state_dict() if self.optimiser is not None else {},
-                "backbone_source": self.backbone_source}
+        return flow_state(self)
 
     def load_state(self, state: dict[str, Any]) -> None:
-        model = self._ensure_model()
-        model.load_state_dict(state["model"])
-        self.backbone_source = str(state.get("backbone_source", "unknown"))
-        if self.optimiser is not None and state.get("optimiser"):
-            self.optimiser.load_state_dict(state["optimiser"])
+        load_flow_state(self, state)
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         model = self._ensure_model()
