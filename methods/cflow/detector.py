@@ -34,8 +34,8 @@ from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
 from methods.cflow.model import CFlowModel
 from methods.data import load_images_uint8, normalise
-from methods.fastflow.detector import (calibrate_random_batchnorm, feature_shapes, flow_backbone, flow_state,
-                                       load_flow_state)
+from methods.fastflow.detector import feature_shapes, flow_backbone, flow_state, load_flow_state
+from methods.simplenet.detector import calibrate_batchnorm
 
 
 @dataclass
@@ -122,8 +122,8 @@ class CFlowDetector(MapDetector):
         self.optimiser = torch.optim.Adam(self.model.decoders.parameters(), lr=self.options.lr)
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "cflow load")
         if self.backbone_source == "random":
-            calibrate_random_batchnorm(self.model.backbone, self.train_data, self.options.layers, self.run.batch_size,
-                                       self.device)
+            calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
+                                layers=self.options.layers)
         self.cache = self._cache_features()
 
     @torch.no_grad()

@@ -30,8 +30,8 @@ from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
 from methods.csflow.model import CSFlowModel, EfficientNetB5Features
 from methods.data import load_images_uint8, normalise
-from methods.fastflow.detector import (calibrate_random_batchnorm, feature_shapes, flow_backbone, flow_state,
-                                       load_flow_state)
+from methods.fastflow.detector import feature_shapes, flow_backbone, flow_state, load_flow_state
+from methods.simplenet.detector import calibrate_batchnorm
 from methods.weights import load_state_dict
 
 
@@ -137,8 +137,8 @@ class CSFlowDetector(MapDetector):
         self.optimiser = torch.optim.Adam(self.model.flow.parameters(), lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "csflow load")
         if self.backbone_source == "random":
-            calibrate_random_batchnorm(self.model.backbone, self.train_data, (self.layer,), self.run.batch_size,
-                                       self.device)
+            calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
+                                layers=(self.layer,))
         self.cache = self._cache_features()
 
     @torch.no_grad()

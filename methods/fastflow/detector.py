@@ -32,6 +32,7 @@ from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
 from methods.data import load_images_uint8, normalise
 from methods.fastflow.model import FastFlowModel
+from methods.simplenet.detector import calibrate_batchnorm
 
 
 @dataclass
@@ -90,24 +91,6 @@ def feature_shapes(backbone: torch.nn.Module, layers: Sequence[str], image_size:
     return [tuple(feats[name].shape[1:]) for name in layers]
 
 
-def calibrate_random_batchnorm(backbone: torch.nn.Module, images: torch.Tensor, layers: Sequence[str], batch_size: int,
-                               device: torch.device) -> None:
-    """Give a randomly initialised trunk the train images' BatchNorm statistics (cumulative average)."""
-    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    saved = [(m, m.momentum, m.training) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    step = max(2, batch_size)
-    with torch.no_grad():
-        for start in range(0, images.shape[0], step):
-            backbone(normalise(images[start:start + step].to(device)), tuple(layers))
-    for m, momentum, training in saved:
-        m.momentum = momentum
-        m.train(training)
-
-
 class FastFlowDetector(MapDetector):
     """FastFlow on (SE-/CBAM-)ResNet-18 stages; image scores and pixel maps."""
 
@@ -164,8 +147,8 @@ class FastFlowDetector(MapDetector):
         self.optimiser = torch.optim.Adam(params, lr=self.options.lr, weight_decay=self.options.weight_decay)
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "fastflow load")
         if self.backbone_source == "random":
-            calibrate_random_batchnorm(self.model.backbone, self.train_data, self.options.layers, self.run.batch_size,
-                                       self.device)
+            calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
+                                layers=self.options.layers)
         self.cache = self._cache_features()
 
     @torch.no_grad()
