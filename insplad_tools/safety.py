@@ -17,8 +17,9 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -267,10 +268,51 @@ class Interrupted(SystemExit):
         self.signum = signum
 
 
+_announced: set[int] = set()
+_REDELIVERY_DELAY_S = 0.05
+
+
+def _deliver_later(signum: int) -> None:
+    """Send ``signum`` to this process again shortly, from another thread, so the handler runs
+    once the main thread is back in ordinary code."""
+    timer = threading.Timer(_REDELIVERY_DELAY_S, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
+def _in_finaliser(frame: Any) -> bool:
+    """Whether ``frame`` runs inside a ``__del__`` or our unraisable hook, where a raised exception
+    would only be reported and dropped by Python."""
+    depth = 0
+    while frame is not None and depth < 500:
+        code = frame.f_code
+        if code.co_name == "__del__" or code is _swallow_hook.__code__:
+            return True
+        frame, depth = frame.f_back, depth + 1
+    return False
+
+
 def _raise(signum: int, frame: Any) -> None:
-    name = signal.Signals(signum).name
-    click.echo(f"insplad: interrupted by {name}; removing temporary output", err=True)
+    if signum not in _announced:
+        _announced.add(signum)
+        click.echo(f"insplad: interrupted by {signal.Signals(signum).name}; removing temporary output", err=True)
+    if _in_finaliser(frame):
+        # tqdm's __del__ in the CI run that exited 0 after SIGTERM: raising here would be swallowed.
+        _deliver_later(signum)
+        return
     raise Interrupted(signum)
+
+
+_previous_unraisable: list[Callable[[Any], None]] = []
+
+
+def _swallow_hook(info: Any) -> None:
+    """``sys.unraisablehook`` inside :func:`signals_raise`: an :class:`Interrupted` raised in a
+    finaliser other than ``__del__`` (a weakref callback) was dropped, so send the signal again."""
+    if isinstance(info.exc_value, Interrupted):
+        _deliver_later(info.exc_value.signum)
+        return
+    (_previous_unraisable[-1] if _previous_unraisable else sys.__unraisablehook__)(info)
 
 
 @contextlib.contextmanager
@@ -281,6 +323,8 @@ def signals_raise() -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    _previous_unraisable.append(sys.unraisablehook)
+    sys.unraisablehook = _swallow_hook
     for s in previous:
         signal.signal(s, _raise)
     try:
@@ -288,6 +332,7 @@ def signals_raise() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        sys.unraisablehook = _previous_unraisable.pop()
 
 
 def worker_signals() -> None:

@@ -157,3 +157,44 @@ def test_disk_full_is_one_line_and_leaves_nothing(slow_raw: Path, tiny_disk: Pat
     assert len(errors) == 1 and "No space left on device" in errors[0] and "nothing was written" in errors[0]
     assert list(tiny_disk.iterdir()) == []
     assert diff_snapshots(before, snapshot(slow_raw)) == []
+
+
+def _finaliser_that_gets_a_signal(kind: str) -> None:
+    """Create and drop an object whose finaliser (``__del__`` or a weakref callback) receives SIGTERM."""
+    import weakref
+
+    def receive(*_: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs on a bytecode boundary inside the finaliser
+            pass
+
+    class Finalised:
+        def __del__(self) -> None:
+            receive()
+
+    class Plain:
+        pass
+
+    if kind == "__del__":
+        obj = Finalised()
+        del obj
+    else:
+        obj2 = Plain()
+        ref = weakref.ref(obj2, receive)
+        del obj2
+        assert ref() is None
+
+
+@pytest.mark.parametrize("kind", ["__del__", "weakref callback"])
+def test_signal_landing_in_a_finaliser_still_interrupts(kind: str) -> None:
+    """Python drops exceptions raised in finalisers (tqdm's ``__del__`` got the SIGTERM in a CI run,
+    which then finished and exited 0); the run must still stop with 128 + signum."""
+    from insplad_tools.safety import Interrupted, signals_raise
+
+    with pytest.raises(Interrupted) as caught:
+        with signals_raise():
+            _finaliser_that_gets_a_signal(kind)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                pass
+    assert caught.value.code == 128 + signal.SIGTERM
