@@ -9,10 +9,10 @@ the metric is identical; speed is end-to-end images/s from files (train: images 
 time; inference: test images / predict time), reported as ours / anomalib. Each side runs in a
 fresh process per (category, seed), so both pay their own start-up.
 
-ImageNet weights are not used (offline machines): for ResNet-18 methods both sides load the *same*
-random ResNet-18 (seeded, BatchNorm statistics estimated on the category's train images) from one
-file, so the teacher/feature extractor is identical; methods on other backbones start from each
-library's own random init.
+ImageNet weights are not used (offline machines): both sides load the *same* seeded random backbone
+(ResNet-18, or EfficientNet-B5 for CS-Flow; BatchNorm statistics estimated on the category's train
+images) from one file, so the teacher/feature extractor is identical; methods given another
+``--option backbone=`` start from each library's own random init.
 
 Targets (issue 12): quality within noise of anomalib's, here ``--tolerance`` (default 0.05 absolute
 on the mean over categories x seeds of image AUROC and AUPRO), speed ratio >= 1.0.
@@ -45,7 +45,7 @@ from insplad_tools.mvtec import read_category  # noqa: E402
 from leaderboard.metrics import aupro, image_auroc  # noqa: E402
 from leaderboard.resize import resize_bilinear  # noqa: E402
 from methods.base import RunConfig, resolve_device, seed_everything  # noqa: E402
-from methods.registry import build_detector  # noqa: E402
+from methods.registry import build_detector, get_method  # noqa: E402
 
 WORKER = Path(__file__).with_name("anomalib_worker.py")
 METHODS = ("fastflow", "cflow", "csflow", "rdpp", "padim")
@@ -83,6 +83,33 @@ def shared_resnet18(category, size: int, seed: int, path: Path) -> Path:
     calibrate_batchnorm(trunk, images, 8, torch.device("cpu"))
     state = reference.state_dict()
     state.update({k: v for k, v in trunk.state_dict().items() if k in state})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def shared_efficientnet_b5(category, size: int, seed: int, path: Path) -> Path:
+    """A seeded random torchvision EfficientNet-B5 whose trunk BatchNorms carry the train images' statistics.
+
+    CS-Flow's extractor on both sides (ours: ``--weights``; anomalib's: patched in by the worker in place
+    of the ImageNet download), so the frozen features are identical.
+    """
+    from torchvision.models import efficientnet_b5
+
+    from methods.csflow.model import EfficientNetB5Features
+    from methods.data import load_images_uint8
+    from methods.simplenet.detector import calibrate_batchnorm
+
+    if path.is_file():
+        return path
+    torch.manual_seed(seed)
+    reference = efficientnet_b5(weights=None)
+    trunk = EfficientNetB5Features()
+    trunk.load_state_dict({k: v for k, v in reference.state_dict().items() if k in trunk.state_dict()})
+    images = load_images_uint8([s.path for s in category.train], size)
+    calibrate_batchnorm(trunk, images, 8, torch.device("cpu"), layers=("block35",))
+    state = reference.state_dict()
+    state.update(trunk.state_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
@@ -204,12 +231,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     options = dict(kv.split("=", 1) for kv in args.option)
     data = args.data or ensure_data(args.workdir)
-    backbone = options.get("backbone", "resnet18")
-    shares_weights = args.method in ("padim", "rdpp", "fastflow", "cflow") and backbone == "resnet18"
+    backbone = options.get("backbone", get_method(args.method).Options().backbone)
+    shares_weights = ((args.method in ("padim", "rdpp", "fastflow", "cflow") and backbone == "resnet18")
+                      or (args.method == "csflow" and backbone == "efficientnet_b5"))
     print(f"method {args.method} | data {data} | {args.image_size} px | {args.epochs} epoch(s) | batch "
           f"{args.batch_size} | {args.device}, {args.threads} threads | seeds {args.seeds} | ours options {options} | "
           f"anomalib options {args.anomalib_options} | backbone: "
-          + ("the same seeded random ResNet-18 on both sides" if shares_weights else "each side's own random init"))
+          + ("the same seeded random backbone on both sides" if shares_weights else "each side's own random init"))
     rows = []
     header = (f"{'category':<26}{'seed':>5} | {'AUROC ours':>10}{'anomalib':>9} | {'AUPRO ours':>10}{'anomalib':>9} | "
               f"{'train img/s ours':>16}{'anomalib':>9}{'ratio':>7} | {'infer img/s ours':>16}{'anomalib':>9}{'ratio':>7}")
@@ -217,8 +245,9 @@ def main() -> None:
     for name in args.categories.split(","):
         category = read_category(data, name)
         for seed in (int(s) for s in args.seeds.split(",")):
-            weights = (shared_resnet18(category, args.image_size, seed,
-                                       Path(args.workdir) / "weights" / f"resnet18-{name}-{args.image_size}-{seed}.pt")
+            share = shared_efficientnet_b5 if args.method == "csflow" else shared_resnet18
+            weights = (share(category, args.image_size, seed, Path(args.workdir) / "weights" /
+                             f"{share.__name__.removeprefix('shared_')}-{name}-{args.image_size}-{seed}.pt")
                        if shares_weights else None)
             ours = run_ours_fresh(args.method, options, data, name, args, seed, weights)
             theirs = run_anomalib(args.method, Path(data) / name, category, args, seed, weights,

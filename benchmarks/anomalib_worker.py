@@ -68,6 +68,23 @@ def inject_weights(model: torch.nn.Module, path: str) -> int:
     return loaded
 
 
+def use_efficientnet_b5_weights(path: str) -> int:
+    """Make anomalib's CS-Flow build its EfficientNet-B5 from ``path`` instead of downloading ImageNet
+    weights (this machine is offline); returns the number of tensors loaded."""
+    import torchvision.models
+    from anomalib.models.image.csflow import torch_model
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+
+    def efficientnet_b5(weights: Any = None, **kwargs: Any) -> torch.nn.Module:
+        model = torchvision.models.efficientnet_b5(weights=None, **kwargs)
+        model.load_state_dict(state)
+        return model
+
+    torch_model.efficientnet_b5 = efficientnet_b5
+    return len(state)
+
+
 def optimised_parameters(model) -> int:
     """Parameters anomalib's ``configure_optimizers`` hands to an optimiser (frozen extractors excluded)."""
     found = model.configure_optimizers()
@@ -101,8 +118,12 @@ def main() -> None:
                         abnormal_dir=[f"test/{d}" for d in defects], train_batch_size=job["batch_size"],
                         eval_batch_size=job["batch_size"], num_workers=0, val_split_mode="none",
                         extensions=(".png", ".jpg", ".jpeg"), seed=job["seed"])
-    model = build_model(job)
-    loaded = inject_weights(model, job["weights"]) if job.get("weights") else 0
+    if job["method"] == "csflow" and job.get("weights"):
+        loaded = use_efficientnet_b5_weights(job["weights"])
+        model = build_model(job)
+    else:
+        model = build_model(job)
+        loaded = inject_weights(model, job["weights"]) if job.get("weights") else 0
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(max_epochs=job["epochs"], accelerator=job["device"], devices=1, logger=False,
                         default_root_dir=tmp, enable_progress_bar=False, enable_model_summary=False,

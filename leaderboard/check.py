@@ -3,7 +3,9 @@
 A submission is a folder with ``results.json`` and ``predictions/seed-<s>/<category>/`` run
 folders. :func:`check_submission` lists every problem it finds (an empty list means accepted):
 the schema; the dataset digest; exactly one finite prediction per test image in every run; safe,
-finite, sanely shaped maps; and every claimed number recomputed from the predictions.
+finite, sanely shaped maps; the region the maps cover (whole image, or the centre crop
+``results.json`` records, :mod:`leaderboard.region`) the same in every run; and every claimed number
+recomputed from the predictions (masks cropped as the predictions declare).
 
 Nothing here unpickles: maps are read with ``allow_pickle=False`` after a zip-magic check, no
 ``torch.load``; every path is resolved and must stay inside the submission folder; file sizes are
@@ -20,6 +22,7 @@ from insplad_tools.errors import InspladError
 from insplad_tools.jsonfile import load_json
 from leaderboard.predictions import (MAX_MAP_PIXELS, PREDICTIONS_FILE, CategoryPredictions, PredictionsError,
                                      load_map_file, read_category, run_dirs)
+from leaderboard.region import crop_json
 from leaderboard.results import METRICS, TOLERANCE, aggregate_runs, coverage, mean_row, validate_results
 from leaderboard.scoring import prediction_problems, score_category
 
@@ -190,6 +193,10 @@ def check_submission(submission: Path, dataset_root: Path, *, thresholds: int | 
         if preds.category != name:
             problems.append(f"{folder / PREDICTIONS_FILE}: category {preds.category!r} does not match folder {name!r}")
             continue
+        if crop_json(preds.crop) != doc.get("crop"):
+            problems.append(f"{folder / PREDICTIONS_FILE}: maps cover "
+                            f"{'a centre crop (' + preds.crop.describe() + ')' if preds.crop else 'the whole image'} "
+                            f"but results.json records crop {doc.get('crop')!r}")
         found = prediction_problems(dataset[name], preds)
         maps_ok = _check_maps(preds, found)
         problems.extend(found)

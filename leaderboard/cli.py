@@ -131,6 +131,13 @@ def score(pred_dir: Path, data: Path, out: Path | None, method: str | None, seed
               for s, run in runs.items()}
     prev_agg = previous.get("aggregation") if isinstance(previous.get("aggregation"), dict) else {}
     meta = {k: previous[k] for k in PASSTHROUGH if k in previous}
+    crops = {json.dumps(m.get("crop"), sort_keys=True) for scored_run in scored.values() for m in scored_run.values()}
+    if len(crops) > 1:
+        raise InspladError(f"{pred_dir}: the categories' maps cover different regions (crops {', '.join(sorted(crops))}); "
+                           "score them separately")
+    crop = json.loads(crops.pop()) if crops else None
+    if crop is not None:  # the maps cover a centre crop; the masks were cropped the same way (leaderboard.region)
+        meta["crop"] = crop
     meta.setdefault("package_version", __version__)
     meta.setdefault("git_commit", git_commit())
     meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -14,7 +14,9 @@ A run's predictions folder holds one sub-folder per category::
 ``image`` is the path relative to the dataset root (as :mod:`insplad_tools.mvtec` names it),
 ``map`` is relative to the category folder or null. A map file is an ``.npz`` without pickles
 holding one 2-D float16/float32 array under the key ``map``, at any resolution: scoring resizes
-it bilinearly to the mask's size.
+it bilinearly to the mask's size. An optional ``"crop": {"resize": R, "crop": C}`` says the maps
+cover a resize-then-centre-crop view of each image (:mod:`leaderboard.region`); scoring then
+transforms the masks identically. Absent or null: the maps cover the whole image.
 
 A submission (the output of ``insplad benchmark``) is ``results.json`` plus
 ``predictions/seed-<seed>/`` run folders.
@@ -34,6 +36,7 @@ import numpy as np
 from insplad_tools.errors import InspladError
 from insplad_tools.fsutil import atomic_write_bytes, atomic_write_text
 from insplad_tools.jsonfile import load_json
+from leaderboard.region import CentreCrop, crop_from_json
 
 FORMAT = "insplad-predictions/1"
 PREDICTIONS_FILE = "predictions.json"
@@ -60,6 +63,7 @@ class CategoryPredictions:
     category: str
     folder: Path
     items: list[Prediction]
+    crop: CentreCrop | None = None  # the view of each image the maps cover (None: the whole image)
 
     def load_map(self, item: Prediction) -> np.ndarray | None:
         return None if item.map is None else load_map_file(self.folder, item.map)
@@ -130,8 +134,9 @@ def save_map_file(target: Path, amap: np.ndarray, dtype: str = "float32") -> Non
 
 
 def write_category(folder: Path, category: str, items: list[tuple[str, float, np.ndarray | None]],
-                   *, map_dtype: str = "float32") -> None:
-    """Write one category's predictions: (image rel path, score, optional 2-D map) per test image."""
+                   *, map_dtype: str = "float32", crop: CentreCrop | None = None) -> None:
+    """Write one category's predictions: (image rel path, score, optional 2-D map) per test image;
+    ``crop`` when the maps cover a centre crop of each image rather than the whole image."""
     folder = Path(folder)
     records = []
     for image, score, amap in items:
@@ -143,7 +148,9 @@ def write_category(folder: Path, category: str, items: list[tuple[str, float, np
             save_map_file(folder / rel, amap, map_dtype)
             entry["map"] = rel
         records.append(entry)
-    payload = {"format": FORMAT, "category": category, "items": records}
+    payload: dict = {"format": FORMAT, "category": category, "items": records}
+    if crop is not None:
+        payload["crop"] = crop.to_json()
     atomic_write_text(folder / PREDICTIONS_FILE, json.dumps(payload, indent=1) + "\n")
 
 
@@ -180,7 +187,11 @@ def read_category(folder: Path) -> CategoryPredictions:
         items.append(Prediction(raw["image"], value, amap))
     if len(items) > MAX_ITEMS:
         raise PredictionsError(f"{path}: more than {MAX_ITEMS} items")
-    return CategoryPredictions(data["category"], folder, items)
+    try:
+        crop = crop_from_json(data.get("crop"))
+    except ValueError as exc:
+        raise PredictionsError(f"{path}: {exc}") from None
+    return CategoryPredictions(data["category"], folder, items, crop)
 
 
 def read_run(run_dir: Path) -> dict[str, CategoryPredictions]:

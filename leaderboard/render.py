@@ -83,6 +83,9 @@ def read_reference(name: str) -> tuple[str, list[Column], list[tuple[str, str]],
     return metric, list(columns.values()), ordered, notes
 
 
+BACKBONE_SHORT = {"resnet18": "RN18", "wide_resnet50_2": "WRN-50-2", "wide_resnet101_2": "WRN-101-2"}  # the papers' names
+
+
 def display_label(doc: dict[str, Any]) -> str:
     """A column label in the papers' style for one of our results files."""
     method, variant = doc["method"], doc.get("variant", {})
@@ -95,13 +98,13 @@ def display_label(doc: dict[str, Any]) -> str:
             label = label[:-1] + ", " + "+".join(f"AB{b}" for b in sorted(blocks)) + ")"
     elif method in ("simplenet", "efficientad", "patchcore"):
         base = FAMILY_NAMES[method]
-        backbone = {"resnet18": "RN18"}.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
+        backbone = BACKBONE_SHORT.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
         parts = [p for p in (backbone, None if attention == "none" else att_name) if p]
         label = f"{base} ({'-'.join(parts)})" if parts else base
         if variant.get("backbone_label"):  # a non-default backbone, e.g. "EfficientNet-Lite0 (ImageNet, offline) — ..."
             label = (base if attention == "none" else f"{base} ({att_name})") + f" on {variant['backbone_label']}"
     elif method in ("fastflow", "rdpp"):  # seed 000 Tables 2-4 write the attention first: "FastFlow (SE-RN18)"
-        backbone = {"resnet18": "RN18"}.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
+        backbone = BACKBONE_SHORT.get(str(variant.get("backbone", "")), variant.get("backbone") or "")
         parts = [p for p in (None if attention == "none" else attention.upper(), backbone) if p]
         label = f"{FAMILY_NAMES[method]} ({'-'.join(parts)})" if parts else FAMILY_NAMES[method]
     elif method in ("cflow", "csflow", "padim"):

@@ -24,6 +24,7 @@ import click
 import numpy as np
 
 from insplad_tools.errors import InspladError
+from leaderboard.region import CentreCrop
 
 RESULTS_FILE = "results.json"
 GALLERY = 4  # worst false positives / negatives shown per category and run
@@ -197,7 +198,7 @@ def _thumb(path: Path, size: int = THUMB) -> np.ndarray:
     return np.asarray(img)
 
 
-def overlay_figure(image: Path, amap: np.ndarray, mask: Path | None, title: str) -> str:
+def overlay_figure(image: Path, amap: np.ndarray, mask: Path | None, title: str, crop: CentreCrop | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,7 +207,7 @@ def overlay_figure(image: Path, amap: np.ndarray, mask: Path | None, title: str)
 
     from methods.data import load_rgb
 
-    rgb = np.asarray(load_rgb(image))
+    rgb = np.asarray(load_rgb(image) if crop is None else crop.image(load_rgb(image)))  # the view the map covers
     h, w = rgb.shape[:2]
     heat = np.asarray(Image.fromarray(np.asarray(amap, np.float32)).resize((w, h), Image.BILINEAR))
     fig, axes = plt.subplots(1, 2, figsize=(4.6, 2.4))
@@ -216,7 +217,8 @@ def overlay_figure(image: Path, amap: np.ndarray, mask: Path | None, title: str)
     axes[1].imshow(heat, cmap="inferno", alpha=0.55)
     axes[1].set_title(title, fontsize=7)
     if mask is not None and mask.is_file():
-        gt = np.asarray(Image.open(mask).convert("L").resize((w, h), Image.NEAREST)) > 127
+        gt = np.asarray(Image.open(mask).convert("L"))
+        gt = np.asarray(Image.fromarray(gt if crop is None else crop.mask(gt)).resize((w, h), Image.NEAREST)) > 127
         for ax in axes:
             ax.contour(gt, levels=[0.5], colors="#00e676", linewidths=1)
     for ax in axes:
@@ -353,7 +355,8 @@ def _galleries(category: str, per_run: list[tuple[Run, list[Scored], Any]], cat:
                 if sample is None:
                     continue
                 amap = preds.load_map(next(p for p in preds.items if p.image == s.image))
-                figs.append(_img_tag(overlay_figure(sample.path, amap, sample.mask_path, f"anomaly map, score {s.score:.3g}"),
+                figs.append(_img_tag(overlay_figure(sample.path, amap, sample.mask_path, f"anomaly map, score {s.score:.3g}",
+                                                    preds.crop),
                                      f"{s.image} overlay"))
             out.append(f"<h4>{esc(run.label)}: anomaly maps (green: ground truth)</h4><div class=\"grid\">{''.join(figs)}</div>")
     return "\n".join(out)

@@ -19,13 +19,17 @@
       "hardware": {"device": "cpu", "device_name": "...", "torch": "2.x"},
       "wall_time_s": 12.3, "trainable_params": 172077056,
       "package_version": "0.1.0", "git_commit": "<sha or null>", "created": "<ISO 8601>",
-      "notes": ["free text, e.g. 'teacher randomly initialised (--no-pretrained)'"]
+      "notes": ["free text, e.g. 'teacher randomly initialised (--no-pretrained)'"],
+      "crop": {"resize": 329, "crop": 288}
     }
 
 The full field reference is ``leaderboard/SCHEMA.md``. Metric values are fractions in [0, 1]
 (tables print them as percentages). ``null`` means the
 method or dataset has no such number (no maps, or no masks). The reported per-category value
 is the best run (``report: best``, as seed 000 reports the best of two runs) or the mean.
+``crop`` (optional, absent or null for whole-image maps) records that the maps cover a
+resize-then-centre-crop view and the pixel metrics were computed over the identically cropped
+masks (:mod:`leaderboard.region`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 from insplad_tools.errors import InspladError
 from insplad_tools.fsutil import atomic_write_text
 from insplad_tools.jsonfile import load_json
+from leaderboard.region import crop_from_json
 
 SCHEMA = "insplad-results/1"
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
@@ -135,7 +140,7 @@ def _check_meta(doc: dict, problems: list[str]) -> None:
         if not isinstance(training, dict):
             problems.append("training: must be an object")
         else:
-            for key, minimum in (("epochs", 0), ("batch_size", 1)):
+            for key, minimum in (("epochs", 0), ("batch_size", 1), ("workers", 0), ("cache_budget_mb", 0)):
                 if training.get(key) is not None and not _is_int(training[key], minimum):
                     problems.append(f"training.{key}: must be an integer >= {minimum}")
             size = training.get("image_size")
@@ -166,6 +171,10 @@ def _check_meta(doc: dict, problems: list[str]) -> None:
     if notes is not None and not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
         problems.append("notes: must be a list of strings")
     _check_protocol(doc.get("protocol"), problems)
+    try:
+        crop_from_json(doc.get("crop"))
+    except ValueError as exc:
+        problems.append(f"crop: {exc}")
 
 
 PROTOCOLS = {"clean": "last epoch", "paper": "test-set model selection"}

@@ -17,6 +17,7 @@ from insplad_tools.errors import DatasetError
 from insplad_tools.safety import image_size_guard
 from leaderboard import metrics
 from leaderboard.predictions import CategoryPredictions, Prediction, PredictionsError, read_run
+from leaderboard.region import crop_json
 from leaderboard.resize import resize_bilinear
 
 MAX_LISTED = 5
@@ -90,7 +91,9 @@ def pixel_inputs(category: mvtec.Category, preds: CategoryPredictions,
     """Masks and maps resized to the masks for every test image, or None when pixel metrics do not apply.
 
     They apply when every test image has a map and every anomalous test image has a mask. Normal
-    images get an all-zero mask of the image's size.
+    images get an all-zero mask of the image's size. When the predictions declare a centre crop
+    (:mod:`leaderboard.region`), each mask is cropped as the method cropped its image, so the
+    metrics cover the crop.
     """
     if not all(p.map is not None for p in ordered):
         return None
@@ -100,8 +103,10 @@ def pixel_inputs(category: mvtec.Category, preds: CategoryPredictions,
     for sample, pred in zip(category.test, ordered):
         if sample.label == 1:
             mask = read_mask(sample)
+            if preds.crop is not None:
+                mask = preds.crop.mask(mask)
         else:
-            mask = np.zeros(image_shape(sample), dtype=bool)
+            mask = np.zeros(image_shape(sample) if preds.crop is None else preds.crop.shape, dtype=bool)
         amap = preds.load_map(pred)
         masks.append(mask)
         maps.append(resize_bilinear(amap, mask.shape))
@@ -112,8 +117,9 @@ def score_category(category: mvtec.Category, preds: CategoryPredictions, *, thre
     """Metrics of one category's predictions.
 
     Returns ``image_auroc``, ``f1_max``, ``pixel_auroc`` and ``aupro`` (None without a map for
-    every test image or without masks), ``n_test_good``, ``n_test_anomalous`` and ``n_masks``.
-    ``thresholds=N`` uses the binned AUPRO (see :mod:`leaderboard.metrics.aupro`).
+    every test image or without masks), ``n_test_good``, ``n_test_anomalous``, ``n_masks`` and, when
+    the maps cover a centre crop, ``crop`` (its JSON form, :mod:`leaderboard.region`). ``thresholds=N``
+    uses the binned AUPRO (see :mod:`leaderboard.metrics.aupro`).
     """
     ordered = matched_predictions(category, preds)
     labels = np.array([s.label for s in category.test])
@@ -134,6 +140,8 @@ def score_category(category: mvtec.Category, preds: CategoryPredictions, *, thre
         except ValueError as exc:
             raise PredictionsError(f"{where}: cannot compute pixel metrics of {category.name}: {exc}") from exc
     result.update(n_test_good=counts["test_good"], n_test_anomalous=counts["test_anomalous"], n_masks=counts["masks"])
+    if preds.crop is not None:
+        result["crop"] = crop_json(preds.crop)
     return result
 
 

@@ -27,6 +27,7 @@ import torch
 
 from insplad_tools.errors import InspladError
 from methods.attention import check_attention
+from methods.data import DEFAULT_CACHE_BUDGET_MB, DEFAULT_WORKERS
 
 CHECKPOINT_FORMAT = "insplad-checkpoint/1"
 MAX_OPTION_INT = 2**31 - 1  # larger integer options only crash native code
@@ -47,6 +48,12 @@ class RunConfig:
     progress: bool = True
     checkpoint_every: int = 1  # epochs between resumable checkpoints (the finished model is always saved)
     precision: str = "auto"  # fp32 | bf16 | fp16 autocast; auto: bf16 on CUDA with bf16 support, else fp32
+    workers: int = DEFAULT_WORKERS  # image-decoding worker processes (0: the main process); methods.data
+    cache_budget_mb: int = DEFAULT_CACHE_BUDGET_MB  # a larger decoded train set is memory-mapped from disk
+    cache_dir: str | None = None  # where that file goes (the run's output folder); None: the system temp dir
+    channels_last: str = "auto"  # auto | on | off: NHWC convolutions at inference; auto = on for CUDA (methods.accel)
+    compile: bool = False  # torch.compile the inference module (methods.accel)
+    cuda_graphs: bool = True  # replay captured CUDA graphs where a method declares cuda_graph_batch (methods.accel)
 
 
 @dataclass
@@ -161,6 +168,8 @@ class Detector(abc.ABC):
     # Whether train_epoch's backward passes go through backward_step (fp16 loss scaling); fp16
     # training is refused for methods that do not.
     fp16_training: ClassVar[bool] = False
+    # Largest batch whose CUDA inference replays a captured CUDA graph (0: never; methods.accel).
+    cuda_graph_batch: ClassVar[int] = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Every method's own predict / profile_forward runs under the run's autocast, without each
@@ -238,9 +247,22 @@ class Detector(abc.ABC):
         """Backbone/attention description written into results."""
         return dataclasses.asdict(self.options)
 
+    @property
+    def crop(self) -> Any:
+        """The :class:`leaderboard.region.CentreCrop` view of each image that the maps cover, recorded in
+        predictions and results so that scoring crops the masks identically; None (default): the whole image."""
+        return None
+
     def profile_forward(self, batch: torch.Tensor) -> Any:
         """The inference computation on a preprocessed batch, used by ``insplad profile``."""
         raise InspladError(f"method {self.name} does not support profiling")
+
+    def inference_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` wrapped by the run's execution options (channels_last, --compile, CUDA graphs;
+        :mod:`methods.accel`), built once; on the CPU by default, ``module`` itself."""
+        from methods.accel import accelerated
+
+        return accelerated(self, module, graph_batch=self.cuda_graph_batch)
 
     def export_module(self) -> torch.nn.Module:
         """The scoring graph for ``insplad export``: images in [0, 1], (B, 3, S, S) -> scores or (scores, maps).
@@ -295,6 +317,9 @@ class Detector(abc.ABC):
                 self.epochs_done = int(saved["epoch"])
                 self.history = list(saved.get("history", []))
                 _restore_rng(saved.get("rng"))
+                if saved.get("grad_scaler") and precision == "fp16":  # fp16 resumes with its loss scale
+                    self._grad_scaler = torch.amp.GradScaler(self.device.type)
+                    self._grad_scaler.load_state_dict(saved["grad_scaler"])
         bar = tqdm(range(self.epochs_done, self.run.epochs), desc=f"{self.name} train", unit="epoch",
                    disable=not self.run.progress, initial=self.epochs_done, total=self.run.epochs, leave=False)
         for epoch in bar:
@@ -329,6 +354,9 @@ class Detector(abc.ABC):
             "rng": _capture_rng(),
             "identity": self.identity,
         }
+        scaler = getattr(self, "_grad_scaler", None)
+        if scaler is not None:
+            payload["grad_scaler"] = scaler.state_dict()
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(payload, buffer)
@@ -360,14 +388,14 @@ class MapDetector(Detector):
         if self.model is None:
             raise InspladError(f"{self.name}: train (fit) or load a checkpoint before predicting")
         return [ImageResult(score, amap) for score, amap in predict_score_maps(
-            self.model, images, size=self.run.image_size, batch_size=self.run.batch_size, device=self.device,
-            progress=self.run.progress, desc=f"{self.name} predict")]
+            self.inference_module(self.model), images, size=self.crop or self.run.image_size, batch_size=self.run.batch_size, device=self.device,
+            progress=self.run.progress, desc=f"{self.name} predict", workers=getattr(self.run, "workers", 0))]
 
     @torch.no_grad()
     def profile_forward(self, batch: torch.Tensor) -> Any:
         model = self._ensure_model()
         model.eval()
-        return model(batch.to(self.device))
+        return self.inference_module(model)(batch.to(self.device))
 
     def export_module(self) -> torch.nn.Module:
         if self.model is None:
@@ -448,6 +476,8 @@ def checkpoint_problem(payload: dict[str, Any]) -> str | None:
         return "'finished' must be true or false"
     if not isinstance(payload.get("history", []), list):
         return "'history' must be a list"
+    if not isinstance(payload.get("grad_scaler", {}), dict):
+        return "'grad_scaler' must be a mapping (the fp16 loss scaler's state)"
     identity = payload.get("identity")
     if identity is not None:
         try:

@@ -28,9 +28,12 @@ from insplad_tools.jsonfile import load_json
 from insplad_tools.provenance import git_commit
 from insplad_tools.safety import OUTPUT_MARKER, ensure_disjoint, output_lock, read_marker, signals_raise, write_marker
 from leaderboard.predictions import read_category, write_category
+from leaderboard.region import crop_json
 from leaderboard.results import METRICS, build_results, write_results
+from methods.accel import Execution
 from methods.precision import resolve_precision
 from methods.base import CHECKPOINT_TMP_PREFIX, RunConfig, coerce_options, read_checkpoint, resolve_device
+from methods.data import DEFAULT_CACHE_BUDGET_MB, DEFAULT_WORKERS
 from methods.registry import build_detector, get_method, load_detector
 
 STATE_FILE = "benchmark-state.json"
@@ -62,6 +65,11 @@ class BenchmarkConfig:
     eval_every: int | None = None  # paper: epochs between test evaluations (method's reference value when None)
     val_split: float = 0.0  # clean: fraction of train/good held out for methods that use validation data
     precision: str = "auto"  # --precision: fp32 | bf16 | fp16 autocast (auto: bf16 on capable CUDA, else fp32)
+    workers: int = DEFAULT_WORKERS  # --workers: image-decoding processes (0: main process); results are identical
+    cache_budget_mb: int = DEFAULT_CACHE_BUDGET_MB  # --cache-budget-mb: larger decoded train sets are memory-mapped
+    channels_last: str = "auto"  # --channels-last / --compile / --cuda-graphs: inference execution (methods.accel)
+    compile: bool = False
+    cuda_graphs: bool = True
     notices: list[str] = field(default_factory=list)  # what resolved() changed, logged before the run
 
     def resolved(self) -> BenchmarkConfig:
@@ -98,7 +106,9 @@ class BenchmarkConfig:
         return RunConfig(epochs=self.epochs, batch_size=self.batch_size, image_size=self.image_size,
                          device=self.device, seed=seed, pretrained=self.pretrained, weights=self.weights,
                          progress=self.progress, checkpoint_every=self.checkpoint_every,
-                         precision=resolve_precision(self.precision, self.device))
+                         precision=resolve_precision(self.precision, self.device),
+                         workers=self.workers, cache_budget_mb=self.cache_budget_mb, cache_dir=str(self.out),
+                         channels_last=self.channels_last, compile=self.compile, cuda_graphs=self.cuda_graphs)
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the one that started the folder."""
@@ -228,6 +238,8 @@ def run_category(cfg: BenchmarkConfig, category: mvtec.Category, seed: int, log:
         log(f"[seed {seed}] {category.name}: trained model found, predicting")
         detector = load_detector(checkpoint, cfg.device)
         detector.run.progress = cfg.progress
+        detector.run.channels_last, detector.run.compile, detector.run.cuda_graphs = \
+            cfg.channels_last, cfg.compile, cfg.cuda_graphs
         train_s = 0.0
     else:
         log(f"[seed {seed}] {category.name}: training on {len(category.train)} images")
@@ -246,7 +258,8 @@ def run_category(cfg: BenchmarkConfig, category: mvtec.Category, seed: int, log:
         outputs = detector.predict([s.path for s in category.test])
         if len(outputs) != len(category.test):
             raise InspladError(f"{cfg.method}: returned {len(outputs)} results for {len(category.test)} test images of {category.name}")
-        write_category(folder, category.name, [(s.rel, r.score, r.map) for s, r in zip(category.test, outputs)])
+        write_category(folder, category.name, [(s.rel, r.score, r.map) for s, r in zip(category.test, outputs)],
+                       crop=detector.crop)
         selected = detector.epochs_done if cfg.protocol == "paper" else None
     notes = list(getattr(detector, "notes", []))
     if cfg.protocol == "paper":
@@ -254,7 +267,8 @@ def run_category(cfg: BenchmarkConfig, category: mvtec.Category, seed: int, log:
                      f"evaluated every {cfg.eval_every} epochs")
     return {"train_s": train_s, "predict_s": time.perf_counter() - predict_started,
             "trainable_params": detector.trainable_parameters(), "notes": notes, "selected_epoch": selected,
-            "variant": detector.variant(), "final_loss": (detector.history[-1].get("loss") if detector.history else None)}
+            "variant": detector.variant(), "final_loss": (detector.history[-1].get("loss") if detector.history else None),
+            "crop": crop_json(detector.crop)}
 
 
 def split_validation(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -288,7 +302,8 @@ def _test_selection(detector: Any, category: mvtec.Category, folder: Path) -> Ca
         auroc = float(image_auroc(labels, [r.score for r in outputs]))
         best = max((h["test_image_auroc"] for h in detector.history[:-1] if "test_image_auroc" in h), default=None)
         if best is None or auroc > best or not (folder / "predictions.json").is_file():
-            write_category(folder, category.name, [(s.rel, r.score, r.map) for s, r in zip(category.test, outputs)])
+            write_category(folder, category.name, [(s.rel, r.score, r.map) for s, r in zip(category.test, outputs)],
+                           crop=detector.crop)
         return {"test_image_auroc": auroc}
 
     return evaluate
@@ -469,13 +484,16 @@ def _write_results(cfg: BenchmarkConfig, data: Path, dataset: dict[str, mvtec.Ca
         seeds=cfg.seeds, report=cfg.report, per_category=per_category,
         training={"epochs": cfg.epochs, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
                   "pretrained": pretrained_source(cfg), "options": {k: str(v) for k, v in sorted(cfg.options.items())},
-                  "precision": resolve_precision(cfg.precision, cfg.device)},
+                  "precision": resolve_precision(cfg.precision, cfg.device),
+                  "workers": cfg.workers, "cache_budget_mb": cfg.cache_budget_mb,
+                  **Execution.of(cfg, cfg.device, get_method(cfg.method).cuda_graph_batch).record()},
         hardware=hardware(cfg.device),
         wall_time_s=round(sum(d["train_s"] + d["predict_s"] for d in done), 3),
         trainable_params=int(done[0]["trainable_params"]),
         package_version=__version__, git_commit=git_commit(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=notes, protocol=_protocol_entry(cfg, state, dataset),
+        **({"crop": done[0]["crop"]} if done[0].get("crop") else {}),  # maps over a centre crop (leaderboard.region)
     )
     write_results(cfg.out / RESULTS_FILE, doc)
     return doc

@@ -12,7 +12,9 @@ import numpy as np
 
 from insplad_tools.errors import InspladError, one_line_os_errors
 from insplad_tools.safety import OUTPUT_MARKER, ensure_disjoint, read_marker, write_marker
+from leaderboard.region import CentreCrop
 from leaderboard.results import coverage
+from methods.data import DEFAULT_CACHE_BUDGET_MB, MAX_CACHE_BUDGET_MB
 from methods.registry import METHODS
 
 MAX_EPOCHS = 1_000_000
@@ -31,6 +33,32 @@ def precision_option(func):  # type: ignore[no-untyped-def]
 
     return click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
                         help=PRECISION_HELP)(func)
+
+
+def execution_options(func):  # type: ignore[no-untyped-def]
+    """The shared GPU execution options --channels-last, --compile and --cuda-graphs (methods.accel)."""
+    from methods.accel import CHANNELS_LAST
+
+    func = click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+                        help="On CUDA, replay a captured CUDA graph for small batches where the method supports it "
+                             "(efficientad: batch 1); --no-cuda-graphs runs eagerly. No effect on the CPU.")(func)
+    func = click.option("--compile", "compile_", is_flag=True,
+                        help="torch.compile the inference module (inductor; the first call per input shape compiles, "
+                             "tens of seconds; on the CPU it needs a C++ compiler).")(func)
+    return click.option("--channels-last", type=click.Choice(CHANNELS_LAST), default="auto", show_default=True,
+                        help="NHWC memory layout for convolutions at inference; auto = on for CUDA, off on the CPU "
+                             "(CPU scores stay those of plain eager fp32).")(func)
+
+
+def workers_option(func):  # type: ignore[no-untyped-def]
+    """The shared ``--workers`` option: image-decoding processes (methods.data)."""
+    from methods.data import DEFAULT_WORKERS, MAX_WORKERS
+
+    return click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=DEFAULT_WORKERS,
+                        show_default=True,
+                        help="Worker processes that decode and resize images (default: half the CPU cores, at "
+                             "most 4; none below 4 cores); 0: the main process, which sets under 64 images always "
+                             "use. Results are identical whatever the number.")(func)
 
 
 class BatchSizes(click.ParamType):
@@ -160,10 +188,17 @@ def _print_results(doc: dict) -> None:
                    "(efficientad: map quantiles).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @precision_option
+@execution_options
+@workers_option
+@click.option("--cache-budget-mb", type=click.IntRange(min=0, max=MAX_CACHE_BUDGET_MB), default=DEFAULT_CACHE_BUDGET_MB,
+              show_default=True,
+              help="Memory for a category's decoded training images (uint8); a larger set is memory-mapped from a "
+                   "temporary file inside --out (unlinked at once; its space is freed when the run ends). "
+                   "0: always memory-map.")
 @one_line_os_errors
 def benchmark(method, attention, blocks, data, categories, epochs, image_size, batch_size, device, seed, runs, report,
               option_pairs, no_pretrained, weights, out, checkpoint_every, protocol, eval_every, val_split,
-              quiet, precision) -> None:
+              quiet, precision, channels_last, compile_, cuda_graphs, workers, cache_budget_mb) -> None:
     """Train a method on train/good of every category, score test/*, write a checkable submission.
 
     \b
@@ -189,7 +224,8 @@ def benchmark(method, attention, blocks, data, categories, epochs, image_size, b
                           batch_size=batch_size, device=device, seed=seed, runs=runs, report=report,
                           pretrained=not no_pretrained, weights=str(weights) if weights else None, progress=not quiet,
                           checkpoint_every=checkpoint_every, protocol=protocol, eval_every=eval_every,
-                          val_split=val_split, precision=precision)
+                          val_split=val_split, precision=precision, channels_last=channels_last, compile=compile_,
+                          cuda_graphs=cuda_graphs, workers=workers, cache_budget_mb=cache_budget_mb)
     doc = run_benchmark(cfg, log=lambda line: click.echo(line, err=True))
     _print_results(doc)
     for note in doc["notes"]:
@@ -197,12 +233,12 @@ def benchmark(method, attention, blocks, data, categories, epochs, image_size, b
     click.echo(f"wrote {out / 'results.json'}")
 
 
-def _overlay(image_path: Path, amap: np.ndarray, target: Path) -> None:
+def _overlay(image_path: Path, amap: np.ndarray, target: Path, crop: CentreCrop | None = None) -> None:
     from PIL import Image
 
     from methods.data import load_rgb
 
-    img = load_rgb(image_path)
+    img = load_rgb(image_path) if crop is None else crop.image(load_rgb(image_path))  # the view the map covers
     lo, hi = float(amap.min()), float(amap.max())
     norm = (amap - lo) / (hi - lo) if hi > lo else np.zeros_like(amap)
     heat = np.asarray(Image.fromarray((norm * 255).astype(np.uint8)).resize(img.size, Image.BILINEAR), dtype=np.float32) / 255
@@ -223,8 +259,11 @@ def _overlay(image_path: Path, amap: np.ndarray, target: Path) -> None:
               help="Folder for scores.csv (and maps/*.npz + overlays/*.png for methods with maps).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @precision_option
+@execution_options
+@workers_option
 @one_line_os_errors
-def predict(checkpoint, model_dir, images, out, device, precision) -> None:
+def predict(checkpoint, model_dir, images, out, device, precision, channels_last, compile_, cuda_graphs,
+            workers) -> None:
     """Score IMAGES with a trained model; prints image,score CSV (higher = more anomalous).
 
     The model is a checkpoint (--checkpoint, run with torch) or an exported folder (--model, run
@@ -241,12 +280,16 @@ def predict(checkpoint, model_dir, images, out, device, precision) -> None:
         from methods.export import ExportedModel
 
         results = ExportedModel.open(model_dir).predict(list(images))
+        crop = None
     else:
         detector = load_detector(checkpoint, resolve_device(device))
         detector.run.progress = False
         detector.run.precision = precision
+        detector.run.workers = workers
+        detector.run.channels_last, detector.run.compile, detector.run.cuda_graphs = channels_last, compile_, cuda_graphs
         detector.precision  # noqa: B018  (validates the precision on this device before any work)
         results = detector.predict(list(images))
+        crop = detector.crop
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image", "score", "map"])
@@ -260,7 +303,7 @@ def predict(checkpoint, model_dir, images, out, device, precision) -> None:
             (out / "maps").mkdir(exist_ok=True)
             (out / "overlays").mkdir(exist_ok=True)
             np.savez_compressed(out / "maps" / f"{stem}.npz", map=np.asarray(result.map, dtype=np.float32))
-            _overlay(path, np.asarray(result.map, dtype=np.float32), out / "overlays" / f"{stem}.png")
+            _overlay(path, np.asarray(result.map, dtype=np.float32), out / "overlays" / f"{stem}.png", crop)
             map_rel = f"maps/{stem}.npz"
         writer.writerow([str(path), f"{result.score:.8g}", map_rel])
     click.echo(buffer.getvalue(), nl=False)
@@ -285,14 +328,16 @@ def predict(checkpoint, model_dir, images, out, device, precision) -> None:
               help="Timed calls per batch size (median).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements as JSON.")
 @precision_option
+@execution_options
 @one_line_os_errors
 def profile(method, attention, blocks, image_size, device, option_pairs, batch_sizes, repeats, as_json,
-            precision) -> None:
+            precision, channels_last, compile_, cuda_graphs) -> None:
     """Trainable parameters, model size (MB) and inference latency at batch 1 and 32 (seed 003 Table 4)."""
     from methods.profiling import profile_method
 
     result = profile_method(method, _parse_options(option_pairs, attention, blocks), image_size=image_size,
-                            device=device, batch_sizes=batch_sizes, repeats=repeats, precision=precision)
+                            device=device, batch_sizes=batch_sizes, repeats=repeats, precision=precision,
+                            channels_last=channels_last, compile=compile_, cuda_graphs=cuda_graphs)
     if as_json:
         click.echo(json.dumps(result.__dict__, indent=1, default=str))
         return
@@ -300,7 +345,10 @@ def profile(method, attention, blocks, image_size, device, option_pairs, batch_s
     from rich.table import Table
 
     table = Table(title=f"{method} ({result.variant.get('attention', '')}) at {result.image_size}px on "
-                        f"{result.device} ({result.device_name}), {result.precision}")
+                        f"{result.device} ({result.device_name}), {result.precision}"
+                        + "".join(f", {name}" for name, on in (("channels_last", result.channels_last),
+                                                               ("compiled", result.compile),
+                                                               ("CUDA graphs", result.cuda_graphs)) if on))
     table.add_column("aspect")
     table.add_column("value", justify="right")
     table.add_row("trainable parameters", f"{result.trainable_params:,}")

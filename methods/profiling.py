@@ -25,6 +25,9 @@ class Profile:
     model_mb: float | None
     latency_ms: dict[int, float]  # batch size -> median milliseconds per batch
     precision: str = "fp32"  # the autocast precision the latency was measured under
+    channels_last: bool = False  # execution options in effect (methods.accel)
+    compile: bool = False
+    cuda_graphs: bool = False  # CUDA graphs replayed for batches up to the method's cuda_graph_batch
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -44,14 +47,17 @@ def _sync(device: str) -> None:
 
 def profile_method(method: str, options: dict[str, Any], *, image_size: int | None = None, device: str = "auto",
                    batch_sizes: Iterable[int] = (1, 32), warmup: int = 1, repeats: int = 3,
-                   precision: str = "auto") -> Profile:
+                   precision: str = "auto", channels_last: str = "auto", compile: bool = False,
+                   cuda_graphs: bool = True) -> Profile:
     """Measure a freshly built (randomly initialised) detector; latency is the median of ``repeats`` timed calls."""
     device = resolve_device(device)
     seed_everything(0)
     cls = get_method(method)
     size = image_size or cls.default_image_size
     detector = build_detector(method, options, RunConfig(epochs=1, batch_size=1, image_size=size, device=device,
-                                                         pretrained=False, progress=False, precision=precision))
+                                                         pretrained=False, progress=False, precision=precision,
+                                                         channels_last=channels_last, compile=compile,
+                                                         cuda_graphs=cuda_graphs))
     trainable = detector.trainable_parameters()
     trainable_bytes = sum(p.numel() * p.element_size() for m in detector.trainable_modules()
                           for p in m.parameters() if p.requires_grad)
@@ -75,7 +81,10 @@ def profile_method(method: str, options: dict[str, Any], *, image_size: int | No
                 _sync(device)
                 times.append((time.perf_counter() - start) * 1000.0)
             latency[b] = sorted(times)[len(times) // 2]
+    from methods.accel import Execution
     from methods.benchmarking import hardware
 
+    execution = Execution.of(detector.run, device, detector.cuda_graph_batch)
     return Profile(method, detector.variant(), device, hardware(device)["device_name"], size, trainable,
-                   trainable_bytes / 2**20, model_mb, latency, detector.precision)
+                   trainable_bytes / 2**20, model_mb, latency, detector.precision, execution.channels_last,
+                   execution.compile, execution.cuda_graphs)

@@ -76,6 +76,7 @@ def load_detector(path: Path, device: str = "cpu") -> Detector:
     run = RunConfig(**{k: v for k, v in payload["run"].items() if k in run_fields})
     run.device = device
     run.pretrained = False  # weights come from the checkpoint, never re-downloaded
+    run.channels_last, run.compile, run.cuda_graphs = "auto", False, True  # execution is the caller's (methods.accel)
     try:
         options = coerce_options(cls.Options, payload["options"])
     except InspladError as exc:

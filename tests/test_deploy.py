@@ -17,7 +17,7 @@ from methods.base import RunConfig
 from methods.registry import build_detector
 
 TINY = {
-    "patchcore": {},
+    "patchcore": {"backbone": "resnet18"},
     "simplenet": {"pretrain_embed_dim": "256", "target_embed_dim": "128", "dsc_hidden": "64"},
     "efficientad": {"pdn_width": "64", "out_channels": "64", "steps": "0"},
     "differnet": {"n_scales": "1", "flow_width": "32", "coupling_blocks": "2", "n_transforms": "2",
@@ -166,7 +166,8 @@ def two_runs(toy_dataset, tmp_path_factory) -> list[Path]:
     runs = []
     for attention in ("none", "se"):
         out = base / f"pc-{attention}"
-        result = _invoke("benchmark", "--method", "patchcore", "--attention", attention, "--data", toy_dataset,
+        result = _invoke("benchmark", "--method", "patchcore", "--attention", attention, "--option", "backbone=resnet18",
+                         "--data", toy_dataset,
                          "--out", out, "--image-size", "64", "--epochs", "1", "--no-pretrained", "--quiet")
         assert result.exit_code == 0, result.output
         runs.append(out)
@@ -179,7 +180,7 @@ def test_report_is_self_contained_and_complete(two_runs, toy_dataset, tmp_path):
     assert result.exit_code == 0, result.output
     page = out.read_text()
     for section in ('id="results"', 'id="runs"', 'id="cat-disc"', 'id="cat-ring"', "ROC", "worst cases",
-                    "anomaly maps (green: ground truth)", "F1-max", "PatchCore (RN18-SENet)", "randomly initialised"):
+                    "anomaly maps (green: ground truth)", "F1-max", "PatchCore (SENet) on ResNet-18 (random init)", "randomly initialised"):
         assert section in page, section
     # nothing outside the file: every src is inline data
     assert "http://" not in page and "https://" not in page

@@ -84,3 +84,23 @@ def test_medium_model_builds_and_predicts() -> None:
     assert model.student.size == "medium" and hasattr(model.student, "att4")
     scores, maps = model.eval()(torch.randn(2, 3, 64, 64))
     assert scores.shape == (2,) and maps.shape == (2, 64, 64)
+
+
+def test_wide_resnet101_distillation_gives_a_teacher_the_detector_uses(toy_dataset, tmp_path) -> None:
+    """The paper's teacher target (WideResNet-101-2, PatchCore aggregation to 384 channels), end to end."""
+    from methods.efficientad.distill import distill_teacher
+
+    paths = [s.path for s in read_category(toy_dataset, "disc").train[:6]]
+    payload = distill_teacher(paths, steps=2, image_size=64, batch_size=2, pretrained=False, progress=False,
+                              backbone="wide_resnet101_2", stat_images=4)
+    config = payload["config"]
+    assert config["backbone"] == "wide_resnet101_2" and config["out_channels"] == 384
+    assert torch.isfinite(torch.tensor([config["first_loss"], config["last_loss"]])).all()
+    path = tmp_path / "teacher.pt"
+    torch.save(payload, path)
+    teacher, loaded = load_teacher(path)
+    assert loaded["backbone"] == "wide_resnet101_2"
+    assert torch.equal(teacher.state_dict()["conv4.weight"], payload["state_dict"]["conv4.weight"])
+    detector = build_detector("efficientad", {"teacher": str(path), "steps": "1"}, _run())
+    detector.fit(paths[:2])
+    assert len(detector.predict(paths[:1])) == 1

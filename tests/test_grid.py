@@ -33,6 +33,7 @@ device = "cpu"
 pretrained = false
 [[variants]]
 method = "patchcore"
+options = { backbone = "resnet18" }
 """
 
 
@@ -99,7 +100,7 @@ def test_killed_grid_resumes_without_repeating_finished_trials(local_runs: dict,
         assert "wall_time_s" not in doc and "hardware" not in doc  # volatile fields stay out of merged results
         assert check_submission(runs / "results" / variant, toy_dataset) == []
     table = (runs / "results" / "leaderboard-image_auroc.md").read_text()
-    assert "PatchCore (RN18) [mean of 2]" in table and "SimpleNet (RN18) [mean of 2]" in table
+    assert "PatchCore on ResNet-18 (random init) — not the paper's backbone [mean of 2]" in table and "SimpleNet (RN18) [mean of 2]" in table
     assert (runs / "results" / "leaderboard-aupro.png").stat().st_size > 0
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from insplad_tools.cli import main
+from insplad_tools.errors import InspladError
 from insplad_tools.mvtec import read_category
 from leaderboard.check import check_submission
 from leaderboard.metrics import aupro, image_auroc
@@ -22,6 +23,9 @@ from methods.patchcore.coreset import (
     nearest_neighbours,
 )
 from methods.registry import build_detector, load_detector
+
+
+RN18 = {"backbone": "resnet18"}  # fast; the default is the paper's WRN-50-2 (its own test below)
 
 
 def _run(seed: int = 0) -> RunConfig:
@@ -36,7 +40,7 @@ def _masks(category):
 @pytest.fixture(scope="module")
 def trained(toy_dataset, tmp_path_factory):
     category = read_category(toy_dataset, "disc")
-    detector = build_detector("patchcore", {}, _run())
+    detector = build_detector("patchcore", RN18, _run())
     checkpoint = tmp_path_factory.mktemp("patchcore") / "disc.pt"
     detector.fit([s.path for s in category.train], checkpoint=checkpoint)
     return category, detector, checkpoint, detector.predict([s.path for s in category.test])
@@ -80,7 +84,7 @@ def test_fixed_seed_is_reproducible(toy_dataset):
     train, test = [s.path for s in category.train[:6]], [s.path for s in category.test[:4]]
     banks, scores = [], []
     for seed in (3, 3, 4):
-        detector = build_detector("patchcore", {}, _run(seed))
+        detector = build_detector("patchcore", RN18, _run(seed))
         detector.fit(train)
         banks.append(detector.model.memory_bank.clone())
         scores.append([r.score for r in detector.predict(test)])
@@ -140,15 +144,16 @@ def test_options_are_checked():
 
 def test_benchmark_and_profile_cli(toy_dataset, tmp_path):
     out = tmp_path / "run"
-    args = ["benchmark", "--method", "patchcore", "--data", str(toy_dataset), "--out", str(out), "--image-size", "64",
-            "--batch-size", "4", "--device", "cpu", "--no-pretrained", "--quiet"]
+    args = ["benchmark", "--method", "patchcore", "--option", "backbone=resnet18", "--data", str(toy_dataset), "--out",
+            str(out), "--image-size", "64", "--batch-size", "4", "--device", "cpu", "--no-pretrained", "--quiet"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert check_submission(out, toy_dataset) == []
     doc = load_results(out / "results.json")
     assert doc["method"] == "patchcore" and doc["trainable_params"] == 0 and doc["training"]["epochs"] == 1
     assert doc["mean"]["image_auroc"] >= 0.9 and doc["mean"]["aupro"] > 0.5
-    result = CliRunner().invoke(main, ["profile", "--method", "patchcore", "--image-size", "64", "--device", "cpu",
+    result = CliRunner().invoke(main, ["profile", "--method", "patchcore", "--option", "backbone=resnet18",
+                                       "--image-size", "64", "--device", "cpu",
                                        "--batch-sizes", "1,2", "--repeats", "1", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     import json
@@ -157,3 +162,22 @@ def test_benchmark_and_profile_cli(toy_dataset, tmp_path):
     assert prof["trainable_params"] == 0 and prof["trainable_mb"] == 0
     # 200 assumed train images x 8x8 patches x 10% = 1280 bank rows of 384 floats, plus the ResNet-18 trunk
     assert prof["model_mb"] > 1280 * 384 * 4 / 2**20
+
+
+def test_default_is_the_papers_wide_resnet50_2(toy_dataset):
+    """Seed 000 ran PatchCore on its original backbone: WRN-50-2 layer2 + layer3, 512 + 1024 = 1536-d patches."""
+    category = read_category(toy_dataset, "disc")
+    detector = build_detector("patchcore", {}, RunConfig(epochs=1, batch_size=4, image_size=32, pretrained=False,
+                                                         progress=False))
+    detector.fit([s.path for s in category.train[:4]])
+    assert detector.variant()["backbone"] == "wide_resnet50_2" and detector.variant()["embed_dim"] == 1536
+    assert "backbone_label" not in detector.variant()
+    assert detector.model.memory_bank.shape == (round(0.1 * 4 * 4 * 4), 1536)
+    assert not any("paper" in note for note in detector.notes)
+    result = detector.predict([category.test[0].path])[0]
+    assert result.map.shape == (32, 32) and np.isfinite(result.score)
+    other = build_detector("patchcore", RN18, _run())
+    assert "not the paper's backbone" in other.variant()["backbone_label"]
+    assert any("WRN-50-2" in note for note in other.notes)
+    with pytest.raises(InspladError, match="backbone=resnet18"):
+        build_detector("patchcore", {"attention": "se"}, _run())

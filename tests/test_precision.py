@@ -101,3 +101,21 @@ def test_profile_and_benchmark_record_the_precision(toy_dataset: Path, tmp_path:
     doc = json.loads((out / "results.json").read_text())
     assert doc["training"]["precision"] == "bf16"
     assert any("bf16" in note for note in doc["notes"])
+
+
+def test_fp16_loss_scale_survives_a_resume(disc, tmp_path: Path) -> None:
+    """An interrupted fp16 run resumes with the loss scale it had, not the initial 65536."""
+    train = [s.path for s in disc.train]
+    ckpt = tmp_path / "ckpt.pt"
+    first = build_detector("differnet", DIFFERNET_TINY, RunConfig(
+        epochs=1, batch_size=4, image_size=64, pretrained=False, progress=False, precision="fp16"))
+    first.fit(train)
+    first._grad_scaler.update(new_scale=1234.0)
+    first.save(ckpt, finished=False)
+    resumed = build_detector("differnet", DIFFERNET_TINY, RunConfig(
+        epochs=2, batch_size=4, image_size=64, pretrained=False, progress=False, precision="fp16"))
+    resumed.fit(train, ckpt)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 2 and "grad_scaler" in saved
+    assert resumed.epochs_done == 2 and resumed.history[0]["epoch"] == 0
+    assert resumed._grad_scaler.get_scale() <= 1234.0  # continued from the saved scale (it may only halve)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
 from methods.cflow.model import CFlowModel
-from methods.data import load_images_uint8, normalise
+from methods.data import load_images_uint8, normalise, to_device
 from methods.fastflow.detector import feature_shapes, flow_backbone, flow_state, load_flow_state
 from methods.simplenet.detector import calibrate_batchnorm
 
@@ -120,7 +120,7 @@ class CFlowDetector(MapDetector):
             raise InspladError("CFLOW-AD needs at least one training image")
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
         self.optimiser = torch.optim.Adam(self.model.decoders.parameters(), lr=self.options.lr)
-        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "cflow load")
+        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "cflow load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
                                 layers=self.options.layers)
@@ -140,7 +140,7 @@ class CFlowDetector(MapDetector):
     def _features(self, start: int, stop: int, index: torch.Tensor | None = None) -> list[torch.Tensor]:
         assert self.model is not None and self.train_data is not None
         images = self.train_data[start:stop] if index is None else self.train_data[index]
-        return self.model.features(normalise(images.to(self.device)))
+        return self.model.features(normalise(to_device(images, self.device)))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         assert self.model is not None and self.optimiser is not None and self.train_data is not None, "setup() first"

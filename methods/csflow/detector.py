@@ -29,7 +29,7 @@ import torch
 from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
 from methods.csflow.model import CSFlowModel, EfficientNetB5Features
-from methods.data import load_images_uint8, normalise
+from methods.data import load_images_uint8, normalise, to_device
 from methods.fastflow.detector import feature_shapes, flow_backbone, flow_state, load_flow_state
 from methods.simplenet.detector import calibrate_batchnorm
 from methods.weights import load_state_dict
@@ -135,7 +135,7 @@ class CSFlowDetector(MapDetector):
         o = self.options
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
         self.optimiser = torch.optim.Adam(self.model.flow.parameters(), lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
-        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "csflow load")
+        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "csflow load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
                                 layers=(self.layer,))
@@ -147,7 +147,7 @@ class CSFlowDetector(MapDetector):
         n, bs = self.train_data.shape[0], max(1, self.run.batch_size)
         if n * sum(c * h * w for c, h, w in self.model.shapes) * 4 > self.options.feature_cache_mb * 2**20:
             return None
-        chunks = [self.model.features(normalise(self.train_data[s:s + bs].to(self.device))) for s in range(0, n, bs)]
+        chunks = [self.model.features(normalise(to_device(self.train_data[s:s + bs], self.device))) for s in range(0, n, bs)]
         return [torch.cat([c[i] for c in chunks]) for i in range(3)]
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -162,7 +162,7 @@ class CSFlowDetector(MapDetector):
             if self.cache is not None:
                 feats = [f[idx.to(f.device)] for f in self.cache]
             else:
-                feats = model.features(normalise(self.train_data[idx].to(self.device)))
+                feats = model.features(normalise(to_device(self.train_data[idx], self.device)))
             loss = model.nll(*model.latents(feats))
             if not torch.isfinite(loss):
                 raise InspladError(f"csflow: the flow's loss became {float(loss)} at epoch {epoch + 1}, "

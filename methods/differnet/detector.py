@@ -33,6 +33,7 @@ with bias, residual inside the block): the only reading that gives the paper's +
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -50,7 +51,7 @@ from methods.augment import apply, differnet_train, serialise
 from methods.collapse import DegenerateFeaturesWarning  # noqa: F401  (re-exported: raised by this method)
 from methods.backbones.alexnet import alexnet_extractor
 from methods.base import Detector, ImageResult
-from methods.data import load_rgb
+from methods.data import iter_decoded, load_images_uint8, load_rgb, to_device
 from methods.differnet.flow import differnet_flow
 from methods.differnet.model import DifferNetModel, nll_loss, normalize, rotate_batch
 from methods.precision import full_precision
@@ -168,7 +169,8 @@ class DifferNetDetector(Detector):
         params = [p for p in self._trainable() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps,
                                           weight_decay=o.weight_decay)
-        self.train_images = torch.stack([_load_uint8(p, self.run.image_size) for p in train_images])
+        self.train_images = load_images_uint8(train_images, self.run.image_size, self.run.progress, "differnet load",
+                                              run=self.run)
         self._finished = False
         self.notes = self.deviation_notes()
         if self.trains_attention:
@@ -199,7 +201,7 @@ class DifferNetDetector(Detector):
         return float(feats.std(dim=0, unbiased=False).mean())
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, non_blocking=True).float().div_(255.0)
+        return to_device(images, self.device).float().div_(255.0)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         o, model = self.options, self.model
@@ -213,7 +215,7 @@ class DifferNetDetector(Detector):
             idx = order[start:start + self.run.batch_size]
             images = self.train_images[idx].repeat_interleave(o.n_transforms, dim=0)
             seed = (int(self.run.seed) * 1_000_003 + epoch) * 100_003 + batch_index
-            batch = normalize(apply(self.augmentation, images, seed).to(self.device, non_blocking=True))
+            batch = normalize(to_device(apply(self.augmentation, images, seed), self.device))
             with torch.set_grad_enabled(True):
                 if self.trains_attention:
                     z, log_jac_det, _ = model(batch)
@@ -263,10 +265,11 @@ class DifferNetDetector(Detector):
         reps = images.repeat_interleave(len(angles), dim=0)
         all_angles = angles.repeat(len(images))
         owner = torch.arange(len(images), device=self.device).repeat_interleave(len(angles))
+        forward = self.inference_module(model)  # channels_last / --compile (methods.accel); CPU default: model
         for start in range(0, len(reps), self.options.test_chunk):
             chunk = normalize(rotate_batch(reps[start:start + self.options.test_chunk],
                                            all_angles[start:start + self.options.test_chunk]))
-            z, _, _ = model(chunk)
+            z, _, _ = forward(chunk)
             total.index_add_(0, owner[start:start + self.options.test_chunk], z.double().pow(2).mean(dim=1))
         return total / len(angles)
 
@@ -277,15 +280,18 @@ class DifferNetDetector(Detector):
 
         results: list[ImageResult] = []
         bar = tqdm(total=len(images), desc=f"{self.name} score", unit="img", disable=not self.run.progress, leave=False)
-        for start in range(0, len(images), per_batch):
-            paths = list(images[start:start + per_batch])
-            batch = self._to_device(torch.stack([_load_uint8(p, self.run.image_size) for p in paths]))
-            scores = self.score_batch(batch).cpu()
-            for path, score in zip(paths, scores.tolist()):
-                if not math.isfinite(score):
-                    raise InspladError(f"{path}: differnet produced a non-finite score ({score}); the flow is unstable")
-                results.append(ImageResult(score=score))
-            bar.update(len(paths))
+        images = list(images)
+        decoded = iter_decoded(images, self.run.image_size, batch_size=per_batch,
+                               workers=getattr(self.run, "workers", 0), pin_memory=self.device.type == "cuda")
+        with contextlib.closing(decoded):  # decode workers stop on any exit
+            for start, uint8 in zip(range(0, len(images), per_batch), decoded):
+                paths = images[start:start + per_batch]
+                scores = self.score_batch(self._to_device(uint8)).cpu()
+                for path, score in zip(paths, scores.tolist()):
+                    if not math.isfinite(score):
+                        raise InspladError(f"{path}: differnet produced a non-finite score ({score}); the flow is unstable")
+                    results.append(ImageResult(score=score))
+                bar.update(len(paths))
         bar.close()
         return results
 

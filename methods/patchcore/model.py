@@ -1,4 +1,4 @@
-"""PatchCore's torch model: frozen ResNet-18 patch features, a memory bank, nearest-neighbour scoring.
+"""PatchCore's torch model: frozen backbone patch features, a memory bank, nearest-neighbour scoring.
 
 Fitting logic (feature collection, coreset) lives in :mod:`methods.patchcore.detector`; this module
 holds the network and pure tensor functions.
@@ -18,7 +18,9 @@ from methods.simplenet.model import gaussian_blur
 
 
 class PatchCoreModel(nn.Module):
-    """(SE-/CBAM-)ResNet-18 layer2+layer3 -> 3x3 average aggregation -> 384-d patches -> NN distance to the bank."""
+    """Backbone stride-8 + stride-16 stages -> 3x3 average aggregation -> patches -> NN distance to the bank.
+
+    Without ``layers``/``channels`` it expects a (SE-/CBAM-)ResNet-18 (layer2 + layer3: 384-d patches)."""
 
     layers = ("layer2", "layer3")
 

@@ -51,7 +51,7 @@ import torch
 
 from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
-from methods.data import load_images_uint8, normalise
+from methods.data import load_images_uint8, normalise, to_device
 from methods.padim.detector import trunk_for_run
 from methods.rdpp.model import (
     RDPPModel,
@@ -143,7 +143,7 @@ class RDPPDetector(MapDetector):
         self.optimisers = [torch.optim.Adam(projection, lr=o.proj_lr, betas=betas)] if projection else []
         self.optimisers.append(torch.optim.Adam(list(m.decoder.parameters()) + list(m.bottleneck.parameters()),
                                                 lr=o.distill_lr, betas=betas))
-        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "rdpp load")
+        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "rdpp load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(m.encoder, self.train_data, self.run.batch_size, self.device)
 
@@ -173,7 +173,7 @@ class RDPPDetector(MapDetector):
         for opt in self.optimisers:
             opt.zero_grad(set_to_none=True)
         for start in range(0, n, bs):
-            raw = self.train_data[order[start:start + bs]].to(self.device).float() / 255.0
+            raw = to_device(self.train_data[order[start:start + bs]], self.device).float() / 255.0
             teacher = model.encode(normalise(raw))
             projected, student = model.student(teacher)
             distill = distillation_loss([t.detach() for t in teacher], student)

@@ -4,7 +4,14 @@ Defaults follow the official code (``DonaldRR/SimpleNet``) with a ResNet-18 back
 1536-d embeddings, adaptor AdamW 1e-4, discriminator (1024 hidden) Adam 2e-4 / wd 1e-5, Gaussian
 noise sigma 0.015, truncated L1 with margin 0.5, 160 epochs (40 meta-epochs x 4), batch 8, 288 px.
 Deviation: images are resized to ``image_size`` square (no 329->288 centre crop) so maps cover the
-whole image. The last epoch is reported (no test-set model selection).
+whole image (the insplad convention, and seed 003's setting). The deviation switch
+``preprocess=crop`` restores the published preprocessing: each image's shorter side is resized to
+``crop_resize`` (default ``round(image_size * 329 / 288)``, i.e. exactly 329 at the default 288) and
+the centred ``image_size`` square is kept, for training and test images alike; the maps cover that
+crop, and predictions and results record it (:class:`leaderboard.region.CentreCrop`) so that scoring
+and ``leaderboard check`` crop the ground-truth masks identically (nearest neighbour): pixel AUROC and
+AUPRO are computed over the crop, image labels are unchanged. The last epoch is reported (no test-set
+model selection).
 
 Attention (SE/CBAM-ResNet-18): the backbone convolutions and BatchNorms keep their ImageNet weights
 (frozen). Whether the new attention blocks are trained is not stated in seed 003; its Table 4 lists
@@ -30,14 +37,17 @@ from typing import Any
 import torch
 
 from insplad_tools.errors import InspladError
+from leaderboard.region import CentreCrop
 from methods.backbones.registry import backbone_label, build_backbone, get_backbone
 from methods.base import MapDetector, RunConfig
 from methods.collapse import check_spread, feature_spread
-from methods.data import load_images_uint8, normalise
+from methods.data import load_images_uint8, normalise, to_device
 from methods.simplenet.model import SimpleNetModel
 
 
 PAPER_BACKBONE = "wide_resnet50_2"  # SimpleNet's official code (layer2 + layer3)
+PREPROCESS = ("full", "crop")
+OFFICIAL_RESIZE, OFFICIAL_CROP = 329, 288  # DonaldRR/SimpleNet run.sh: --resize 329 --imagesize 288
 
 
 @dataclass
@@ -60,6 +70,8 @@ class SimpleNetOptions:
     collapse_ratio: float = 0.1  # trained attention: embedding spread below this fraction of its initial value
     monitor_images: int = 16  # training images used to measure that spread
     feature_cache_mb: int = 2048  # cache patch embeddings when the backbone is frozen and they fit (0 = never)
+    preprocess: str = "full"  # full: resize to image_size (default) | crop: the official resize + centre crop
+    crop_resize: int = 0  # preprocess=crop: shorter side before the crop (0: round(image_size * 329 / 288))
 
 
 @torch.no_grad()
@@ -79,7 +91,7 @@ def calibrate_batchnorm(backbone: torch.nn.Module, images: torch.Tensor, batch_s
         m.momentum = None
         m.train()
     for start in range(0, images.shape[0], max(2, batch_size)):
-        backbone(normalise(images[start:start + max(2, batch_size)].to(device)), tuple(layers))
+        backbone(normalise(to_device(images[start:start + max(2, batch_size)], device)), tuple(layers))
     for m, momentum, training in saved:
         m.momentum = momentum
         m.train(training)
@@ -102,6 +114,15 @@ class SimpleNetDetector(MapDetector):
                 raise InspladError(f"option {key} must be >= 1")
         if options.patch_size % 2 == 0:
             raise InspladError("option patch_size must be odd")
+        if options.preprocess not in PREPROCESS:
+            raise InspladError(f"option preprocess={options.preprocess!r}: choose one of {', '.join(PREPROCESS)}")
+        if options.crop_resize and not run.image_size <= options.crop_resize <= 8192:
+            raise InspladError(f"option crop_resize={options.crop_resize}: must be between image_size "
+                               f"({run.image_size}) and 8192, or 0 for round(image_size * 329 / 288)")
+        try:
+            self.crop  # noqa: B018  (a crop that cannot be built fails here, before any work)
+        except ValueError as exc:
+            raise InspladError(f"option preprocess=crop at image size {run.image_size}: {exc}") from None
         self.spec = get_backbone(options.backbone)
         if options.attention not in ("none", *self.spec.attention):
             raise InspladError(f"option attention={options.attention}: backbone {options.backbone} has no attention "
@@ -146,13 +167,22 @@ class SimpleNetDetector(MapDetector):
         attention = [p for p in self.model.attention_parameters() if p.requires_grad]
         if attention:
             self.optimisers.append(torch.optim.AdamW(attention, lr=o.attention_lr, weight_decay=o.adaptor_weight_decay))
-        self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "simplenet load")
+        self.train_data = load_images_uint8(train_images, self.crop or self.run.image_size, self.run.progress,
+                                            "simplenet load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,
                                 self.model.layers[-1:])
         self.cache = self._cache_embeddings()
         if self._trains_attention():
             self.reference_spread = self._embedding_spread()
+
+    @property
+    def crop(self) -> CentreCrop | None:
+        """``preprocess=crop``: the official resize-then-centre-crop view, scaled to ``image_size``."""
+        if self.options.preprocess != "crop":
+            return None
+        size = self.run.image_size
+        return CentreCrop(self.options.crop_resize or round(size * OFFICIAL_RESIZE / OFFICIAL_CROP), size)
 
     def _trains_attention(self) -> bool:
         return self.model is not None and any(p.requires_grad for p in self.model.attention_parameters())
@@ -164,7 +194,7 @@ class SimpleNetDetector(MapDetector):
         was_training = self.model.training
         self.model.eval()
         subset = self.train_data[: max(2, self.options.monitor_images)]
-        emb = torch.cat([self.model.embed(normalise(subset[i:i + 8].to(self.device)))[0] for i in range(0, len(subset), 8)])
+        emb = torch.cat([self.model.embed(normalise(to_device(subset[i:i + 8], self.device)))[0] for i in range(0, len(subset), 8)])
         self.model.train(was_training)
         return feature_spread(emb)
 
@@ -181,7 +211,7 @@ class SimpleNetDetector(MapDetector):
         self.model.eval()
         chunks = []
         for start in range(0, n, max(1, self.run.batch_size)):
-            emb, (h, w) = self.model.embed(normalise(self.train_data[start:start + self.run.batch_size].to(self.device)))
+            emb, (h, w) = self.model.embed(normalise(to_device(self.train_data[start:start + self.run.batch_size], self.device)))
             chunks.append(emb.reshape(-1, h * w, emb.shape[-1]))
         return torch.cat(chunks)
 
@@ -198,7 +228,7 @@ class SimpleNetDetector(MapDetector):
             if self.cache is not None:
                 emb = self.cache[idx.to(self.cache.device)].reshape(-1, self.cache.shape[-1])
             else:
-                emb, _ = model.embed(normalise(self.train_data[idx].to(self.device)))
+                emb, _ = model.embed(normalise(to_device(self.train_data[idx], self.device)))
             true_feats = model.adaptor(emb)
             fake_feats = true_feats + o.noise_std * torch.randn_like(true_feats)
             scores = model.discriminator(torch.cat([true_feats, fake_feats]))
@@ -251,6 +281,12 @@ class SimpleNetDetector(MapDetector):
             modules.extend(model.attention_modules())
         return modules
 
+    def export_module(self) -> torch.nn.Module:
+        if self.crop is not None:  # the exported graph is fed whole images resized to image_size (methods.export)
+            raise InspladError("simplenet with preprocess=crop cannot be exported: exported models take whole images "
+                               "resized to image_size (export a preprocess=full model)")
+        return super().export_module()
+
     def variant(self) -> dict[str, Any]:
         o = self.options
         return {
@@ -261,6 +297,7 @@ class SimpleNetDetector(MapDetector):
                                    "joint with adaptor/discriminator, backbone convs frozen" if o.train_attention
                                    else "frozen at random init"),
             **self._backbone_label(),
+            **({"preprocess": f"crop ({self.crop.describe()})"} if self.crop else {}),
         }
 
     def _backbone_label(self) -> dict[str, str]:
@@ -282,5 +319,9 @@ class SimpleNetDetector(MapDetector):
         if self.options.attention != "none" and self.options.train_attention:
             notes.append(f"{self.options.attention.upper()} blocks trained from scratch with the SimpleNet loss "
                          "(backbone convs frozen at their initial weights)")
-        notes.append("images resized to image_size without SimpleNet's 329->288 centre crop")
+        if self.crop is None:
+            notes.append("images resized to image_size without SimpleNet's 329->288 centre crop")
+        else:
+            notes.append(f"SimpleNet original preprocessing: {self.crop.describe()}; masks cropped identically "
+                         "(pixel metrics over the crop)")
         return notes + self.monitor_notes

@@ -42,7 +42,7 @@ def data(data_master: Path, tmp_path: Path) -> Path:
 
 # -- methods / leaderboard faults (A2): a tiny MVTec-layout set and one finished PatchCore run ----------
 BENCH_ARGS = ("--method", "patchcore", "--image-size", "32", "--batch-size", "4", "--no-pretrained", "--device", "cpu",
-              "--quiet", "--option", "projection_dim=0")
+              "--quiet", "--option", "projection_dim=0", "--option", "backbone=resnet18")
 
 
 @pytest.fixture(scope="session")

@@ -101,7 +101,8 @@ def test_benchmark_weights_inside_out_is_refused(toy: Path, tmp_path: Path) -> N
     out.mkdir()
     weights = out / "w.pt"
     torch.save({"a": torch.zeros(1)}, weights)
-    args = ["benchmark", "--method", "patchcore", "--data", toy, "--out", out, "--weights", weights, "--quiet"]
+    args = ["benchmark", "--method", "patchcore", "--option", "backbone=resnet18", "--data", toy, "--out", out,
+            "--weights", weights, "--quiet"]
     run_fault(args, world=tmp_path, names=["--weights"])
 
 
@@ -293,8 +294,8 @@ def test_malformed_checkpoints(kind: str, names: list[str], ckpt: Path, tmp_path
 def test_weights_of_the_wrong_structure(content, names, toy: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     weights = tmp_path / "w.pt"
     torch.save(content, weights)
-    args = ["benchmark", "--method", "patchcore", "--data", toy, "--out", tmp_path / "out", "--category", "disc",
-            "--image-size", "32", "--weights", weights, "--quiet", "--device", "cpu"]
+    args = ["benchmark", "--method", "patchcore", "--option", "backbone=resnet18", "--data", toy, "--out",
+            tmp_path / "out", "--category", "disc", "--image-size", "32", "--weights", weights, "--quiet", "--device", "cpu"]
     run_fault(args, world=tmp_path, out=tmp_path / "out", out_may_change=True, names=["w.pt", *names])
     assert not (tmp_path / "out" / "results.json").exists()
 
