@@ -48,3 +48,10 @@ def test_clustered_data_with_duplicates_is_identical() -> None:
     features[100:200] = features[0]  # exact duplicates: distance 0, never re-picked
     assert torch.equal(greedy_coreset(features, 250), plain_loop(features, 250))
     assert len(set(greedy_coreset(features, 250).tolist())) == 250
+
+
+def test_fp16_products_accumulate_in_fp32_as_the_screen_margin_assumes() -> None:
+    """The screen's margin covers fp16 inputs and roundings but not fp16 accumulation: 2048 + 64 x 1
+    would stay 2048 with an fp16 accumulator; the bound's addmv must give 2112."""
+    rows = torch.cat([torch.tensor([[2048.0]]), torch.ones(1, 64)], dim=1).half()
+    assert torch.addmv(torch.zeros(1).half(), rows, torch.ones(65).half()).item() == 2112.0
