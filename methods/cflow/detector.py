@@ -35,6 +35,7 @@ from methods.base import MapDetector, RunConfig
 from methods.cflow.model import CFlowModel
 from methods.data import load_images_uint8, normalise, to_device
 from methods.fastflow.detector import feature_shapes, flow_backbone, flow_state, load_flow_state
+from methods.optim import adam
 from methods.simplenet.detector import calibrate_batchnorm
 
 
@@ -119,7 +120,7 @@ class CFlowDetector(MapDetector):
         if len(train_images) < 1:
             raise InspladError("CFLOW-AD needs at least one training image")
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
-        self.optimiser = torch.optim.Adam(self.model.decoders.parameters(), lr=self.options.lr)
+        self.optimiser = adam(self.model.decoders.parameters(), lr=self.options.lr)
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "cflow load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,

@@ -31,6 +31,7 @@ from methods.base import MapDetector, RunConfig
 from methods.csflow.model import CSFlowModel, EfficientNetB5Features
 from methods.data import load_images_uint8, normalise, to_device
 from methods.fastflow.detector import feature_shapes, flow_backbone, flow_state, load_flow_state
+from methods.optim import adam
 from methods.simplenet.detector import calibrate_batchnorm
 from methods.weights import load_state_dict
 
@@ -134,7 +135,7 @@ class CSFlowDetector(MapDetector):
             raise InspladError("CS-Flow needs at least one training image")
         o = self.options
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
-        self.optimiser = torch.optim.Adam(self.model.flow.parameters(), lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
+        self.optimiser = adam(self.model.flow.parameters(), lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "csflow load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,

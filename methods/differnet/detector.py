@@ -54,6 +54,7 @@ from methods.base import Detector, ImageResult
 from methods.data import iter_decoded, load_images_uint8, load_rgb, to_device
 from methods.differnet.flow import differnet_flow
 from methods.differnet.model import DifferNetModel, nll_loss, normalize, rotate_batch
+from methods.optim import adam
 from methods.precision import full_precision
 
 
@@ -167,8 +168,7 @@ class DifferNetDetector(Detector):
         self._build(pretrained=self.run.pretrained, weights=self.run.weights)
         o = self.options
         params = [p for p in self._trainable() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps,
-                                          weight_decay=o.weight_decay)
+        self.optimizer = adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps, weight_decay=o.weight_decay)
         self.train_images = load_images_uint8(train_images, self.run.image_size, self.run.progress, "differnet load",
                                               run=self.run)
         self._finished = False

@@ -40,6 +40,7 @@ from methods.data import load_images_uint8, load_rgb, normalise, to_device
 from methods.efficientad.distill import list_images, load_teacher
 from methods.efficientad.model import EfficientADModel, quantile
 from methods.efficientad.pdn import DEFAULT_WIDTH, PDN_SIZES, STUDENT_ATTENTION_KWARGS
+from methods.optim import adam
 
 
 @dataclass
@@ -171,7 +172,7 @@ class EfficientADDetector(MapDetector):
         self.penalty_paths = list_images(Path(o.penalty_dir)) if o.penalty_dir else []
         self._teacher_normalisation()
         params = list(self.model.student.parameters()) + list(self.model.autoencoder.parameters())
-        self.optimiser = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        self.optimiser = adam(params, lr=o.lr, weight_decay=o.weight_decay)
         batches = math.ceil(n_fit / max(1, run.batch_size))
         self.total_steps = o.steps if o.steps > 0 else run.epochs * batches
         self.step = 0

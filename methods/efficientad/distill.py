@@ -32,6 +32,7 @@ from methods.base import unsafe_load_reason
 from methods.data import load_rgb, to_tensor
 from methods.efficientad.model import TEACHER_CHANNELS
 from methods.efficientad.pdn import PDN, PDN_SIZES, build_pdn
+from methods.optim import adam
 from methods.precision import autocast, resolve_precision
 from methods.simplenet.model import PatchEmbedder
 
@@ -139,7 +140,7 @@ def distill_teacher(paths: Sequence[Path], *, steps: int = 60_000, image_size: i
     mean = (total / count)[None, :, None, None]
     std = (total_sq / count - (total / count) ** 2).clamp_min(1e-12).sqrt()[None, :, None, None]
 
-    optimiser = torch.optim.Adam(pdn.parameters(), lr=lr, weight_decay=weight_decay)
+    optimiser = adam(pdn.parameters(), lr=lr, weight_decay=weight_decay)
     loader = DataLoader(data, batch_size=batch_size, sampler=RandomSampler(data, replacement=True,
                         num_samples=steps * batch_size), num_workers=workers)
     pdn.train()

@@ -32,6 +32,7 @@ from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
 from methods.data import load_images_uint8, normalise, to_device
 from methods.fastflow.model import FastFlowModel
+from methods.optim import adam
 from methods.simplenet.detector import calibrate_batchnorm
 
 
@@ -144,7 +145,7 @@ class FastFlowDetector(MapDetector):
             raise InspladError("FastFlow needs at least one training image")
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimiser = torch.optim.Adam(params, lr=self.options.lr, weight_decay=self.options.weight_decay)
+        self.optimiser = adam(params, lr=self.options.lr, weight_decay=self.options.weight_decay)
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "fastflow load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(self.model.backbone, self.train_data, self.run.batch_size, self.device,

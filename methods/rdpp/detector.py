@@ -53,6 +53,7 @@ from insplad_tools.errors import InspladError
 from methods.base import MapDetector, RunConfig
 from methods.data import load_images_uint8, normalise, to_device
 from methods.padim.detector import trunk_for_run
+from methods.optim import adam
 from methods.rdpp.model import (
     RDPPModel,
     distillation_loss,
@@ -140,9 +141,9 @@ class RDPPDetector(MapDetector):
         o, m = self.options, self.model
         betas = (o.beta1, o.beta2)
         projection = list(m.projection.parameters()) + self._attention_parameters()
-        self.optimisers = [torch.optim.Adam(projection, lr=o.proj_lr, betas=betas)] if projection else []
-        self.optimisers.append(torch.optim.Adam(list(m.decoder.parameters()) + list(m.bottleneck.parameters()),
-                                                lr=o.distill_lr, betas=betas))
+        self.optimisers = [adam(projection, lr=o.proj_lr, betas=betas)] if projection else []
+        self.optimisers.append(adam(list(m.decoder.parameters()) + list(m.bottleneck.parameters()),
+                                    lr=o.distill_lr, betas=betas))
         self.train_data = load_images_uint8(train_images, self.run.image_size, self.run.progress, "rdpp load", run=self.run)
         if self.backbone_source == "random":
             calibrate_batchnorm(m.encoder, self.train_data, self.run.batch_size, self.device)

@@ -42,6 +42,7 @@ from methods.backbones.registry import backbone_label, build_backbone, get_backb
 from methods.base import MapDetector, RunConfig
 from methods.collapse import check_spread, feature_spread
 from methods.data import load_images_uint8, normalise, to_device
+from methods.optim import adam
 from methods.simplenet.model import SimpleNetModel
 
 
@@ -161,12 +162,12 @@ class SimpleNetDetector(MapDetector):
         self.model = self._build(pretrained=self.run.pretrained or self.run.weights is not None)
         o = self.options
         self.optimisers = [
-            torch.optim.AdamW(self.model.adaptor.parameters(), lr=o.adaptor_lr, weight_decay=o.adaptor_weight_decay),
-            torch.optim.Adam(self.model.discriminator.parameters(), lr=o.dsc_lr, weight_decay=o.dsc_weight_decay),
+            adam(self.model.adaptor.parameters(), decoupled=True, lr=o.adaptor_lr, weight_decay=o.adaptor_weight_decay),
+            adam(self.model.discriminator.parameters(), lr=o.dsc_lr, weight_decay=o.dsc_weight_decay),
         ]
         attention = [p for p in self.model.attention_parameters() if p.requires_grad]
         if attention:
-            self.optimisers.append(torch.optim.AdamW(attention, lr=o.attention_lr, weight_decay=o.adaptor_weight_decay))
+            self.optimisers.append(adam(attention, decoupled=True, lr=o.attention_lr, weight_decay=o.adaptor_weight_decay))
         self.train_data = load_images_uint8(train_images, self.crop or self.run.image_size, self.run.progress,
                                             "simplenet load", run=self.run)
         if self.backbone_source == "random":
