@@ -77,6 +77,8 @@ def load_detector(path: Path, device: str = "cpu") -> Detector:
     run.device = device
     run.pretrained = False  # weights come from the checkpoint, never re-downloaded
     run.channels_last, run.compile, run.cuda_graphs = "auto", False, True  # execution is the caller's (methods.accel)
+    defaults = RunConfig(epochs=1, batch_size=1, image_size=1)
+    run.workers, run.cache_budget_mb, run.cache_dir = defaults.workers, defaults.cache_budget_mb, None  # this machine's
     try:
         options = coerce_options(cls.Options, payload["options"])
     except InspladError as exc:

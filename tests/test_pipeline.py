@@ -244,3 +244,22 @@ def test_out_of_range_flags_are_refused(flag: list[str], toy: Path, tmp_path: Pa
                                        str(tmp_path / "o"), *flag])
     assert result.exit_code == 2 and "is not in the range" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_never_decides_this_machines_decode_settings(tmp_path: Path) -> None:
+    """Workers and cache settings are the machine's: a checkpoint written elsewhere (or tampered with)
+    loads with this machine's defaults."""
+    from methods.base import RunConfig
+    from methods.registry import build_detector, load_detector
+
+    root = make_toy_mvtec(tmp_path / "toy", n_train=4, n_test_good=1, n_test_bad=1)
+    train = sorted((root / "disc" / "train" / "good").glob("*.png"))
+    run = RunConfig(epochs=1, batch_size=4, image_size=32, pretrained=False, progress=False, workers=7,
+                    cache_budget_mb=1, cache_dir=str(tmp_path / "elsewhere"))
+    detector = build_detector("padim", {}, run)
+    detector.fit(train, tmp_path / "ckpt.pt")
+    loaded = load_detector(tmp_path / "ckpt.pt")
+    defaults = RunConfig(epochs=1, batch_size=1, image_size=1)
+    assert (loaded.run.workers, loaded.run.cache_budget_mb, loaded.run.cache_dir) == \
+        (defaults.workers, defaults.cache_budget_mb, None)
+    assert len(loaded.predict(train[:1])) == 1
