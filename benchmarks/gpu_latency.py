@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from insplad_tools.errors import InspladError  # noqa: E402
 from methods.base import RunConfig, resolve_device, seed_everything  # noqa: E402
+from methods.profiling import latency_ms  # noqa: E402
 from methods.registry import build_detector  # noqa: E402
 
 SEED_003_SIMPLENET_MS = 87.0
@@ -63,19 +64,6 @@ def detector(method: str, options: dict[str, Any], size: int, device: str, mode:
     return det
 
 
-def latency_ms(det: Any, batch: torch.Tensor, warmup: int, repeats: int) -> float:
-    device = str(det.device)
-    with torch.inference_mode():
-        for _ in range(warmup):
-            det.profile_forward(batch)
-        _sync(device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            det.profile_forward(batch)
-            _sync(device)
-            times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
 
 
 def _close(a: Any, b: Any, precision: str, fused: bool = False) -> tuple[bool, float]:

@@ -30,6 +30,23 @@ class Profile:
     cuda_graphs: bool = False  # CUDA graphs replayed for batches up to the method's cuda_graph_batch
 
 
+
+def latency_ms(detector: Any, batch: torch.Tensor, warmup: int, repeats: int) -> float:
+    """Median wall time in ms of ``detector.profile_forward(batch)`` (device-synchronised) after
+    ``warmup`` untimed calls; the upper middle value when ``repeats`` is even."""
+    device = str(detector.device)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            detector.profile_forward(batch)
+        _sync(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            detector.profile_forward(batch)
+            _sync(device)
+            times.append((time.perf_counter() - start) * 1000.0)
+    return sorted(times)[len(times) // 2]
+
 def _tensor_bytes(obj: Any) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
@@ -67,20 +84,8 @@ def profile_method(method: str, options: dict[str, Any], *, image_size: int | No
         model_mb: float | None = _tensor_bytes(state) / 2**20
     except Exception:  # a method whose state needs training first: size unknown, not guessed
         model_mb = None
-    latency: dict[int, float] = {}
-    with torch.inference_mode():
-        for b in batch_sizes:
-            batch = torch.rand(b, 3, size, size, device=device)
-            for _ in range(warmup):
-                detector.profile_forward(batch)
-            _sync(device)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                detector.profile_forward(batch)
-                _sync(device)
-                times.append((time.perf_counter() - start) * 1000.0)
-            latency[b] = sorted(times)[len(times) // 2]
+    latency = {b: latency_ms(detector, torch.rand(b, 3, size, size, device=device), warmup, repeats)
+               for b in batch_sizes}
     from methods.accel import Execution
     from methods.benchmarking import hardware
 
