@@ -188,8 +188,11 @@ def run_demo(out: Path, *, seed: int = 0, device: str = "auto", pretrained: bool
     docs = [(name, doc) for name, doc in runs.items()]
     plots = out / "plots"
     plots.mkdir()
+    pixel_docs = [(name, doc) for name, doc in docs if name in pixel_runs]
     for metric in ("image_auroc", "aupro"):
-        table = build_table(docs, metric=metric, underline_family="differnet")
+        # AUPRO: only the runs with maps, on the InsPLAD-seg categories they cover, averaged over those
+        table = (build_table(docs, metric=metric, underline_family="differnet") if metric == "image_auroc" else
+                 build_table(pixel_docs, metric=metric, underline_family=None, scope=list(plan.pixel_categories)))
         text = to_markdown(table)
         (out / f"{metric}.md").write_text(text)
         echo(text)

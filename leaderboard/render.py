@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,11 +121,12 @@ def display_label(doc: dict[str, Any]) -> str:
     return label + " — ours"
 
 
-def partial_note(doc: dict[str, Any], label: str, metric: str) -> str | None:
-    """A note for a results file that covers only some of its dataset's categories, else None."""
+def partial_note(doc: dict[str, Any], label: str, metric: str, scope: Sequence[str] | None = None) -> str | None:
+    """A note for a results file that covers only some of its dataset's categories (or of ``scope``,
+    the table's own categories, when given), else None."""
     from leaderboard.results import coverage
 
-    found = coverage(doc)
+    found = coverage(doc, list(scope) if scope is not None else None)
     if found is None or not found[2]:
         return None
     covered, total, missing = found
@@ -134,19 +136,28 @@ def partial_note(doc: dict[str, Any], label: str, metric: str) -> str | None:
             f"its mean over those ({shown}) is not shown as an average")
 
 
-def our_column(doc: dict[str, Any], metric: str, source: str) -> Column:
-    """Our column; a partial results file (categories of its dataset missing) is marked and gets no average."""
+def our_column(doc: dict[str, Any], metric: str, source: str, scope: Sequence[str] | None = None) -> Column:
+    """Our column; a partial results file (categories of its dataset missing) is marked and gets no average.
+
+    With ``scope`` (the table's categories, e.g. InsPLAD-seg's three masked ones) the column holds those
+    categories only, it is partial when it lacks one of them, and its average is over them.
+    """
     from leaderboard.results import coverage
 
     values: dict[str, float | None] = {}
     for row in doc["categories"]:
         value = row.get(metric)
         values[row["category"]] = None if value is None else 100.0 * value
-    found = coverage(doc)
+    found = coverage(doc, list(scope) if scope is not None else None)
     label = display_label(doc)
+    if scope is not None:
+        values = {c: values[c] for c in scope if c in values}
     if found is not None and found[2]:
         label += f" [partial {found[0]}/{found[1]}]"
         values[MEAN] = None
+    elif scope is not None:
+        present = [values[c] for c in scope]
+        values[MEAN] = None if any(v is None for v in present) or not present else sum(present) / len(present)
     else:
         mean = doc["mean"].get(metric)
         values[MEAN] = None if mean is None else 100.0 * mean
@@ -173,8 +184,9 @@ def align_categories(values: dict[str, float | None], known: set[str]) -> dict[s
 
 
 def build_table(results: list[tuple[str, dict[str, Any]]], *, reference: str | None = None, metric: str | None = None,
-                underline_family: str | None = "differnet") -> Table:
-    """Combine published columns (``reference``) and our results files into one table."""
+                underline_family: str | None = "differnet", scope: Sequence[str] | None = None) -> Table:
+    """Combine published columns (``reference``) and our results files into one table; ``scope``
+    restricts our columns to those categories and averages each over them (see :func:`our_column`)."""
     columns: list[Column] = []
     rows: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -186,10 +198,10 @@ def build_table(results: list[tuple[str, dict[str, Any]]], *, reference: str | N
     metric = metric or "image_auroc"
     known = {c for c, _ in rows}
     for source, doc in results:
-        col = our_column(doc, metric, source)
+        col = our_column(doc, metric, source, scope)
         col.values = align_categories(col.values, known)
         columns.append(col)
-        note = partial_note(doc, col.label, metric)
+        note = partial_note(doc, col.label, metric, scope)
         if note:
             notes.append(note)
         for category in col.values:
@@ -202,6 +214,8 @@ def build_table(results: list[tuple[str, dict[str, Any]]], *, reference: str | N
             missing = sorted({c for c, _ in rows} - set(col.values))
             if missing:
                 notes.append(f"{col.label}: no result for {', '.join(missing)}; its mean is over its own categories")
+    if scope is not None:
+        notes.append(f"Average over the table's {len(scope)} categories ({', '.join(scope)})")
     rows.append((MEAN, "Average"))
     return Table(metric, rows, columns, underline_family, notes)
 
@@ -211,8 +225,10 @@ def _fmt(value: float | None) -> str:
 
 
 def caption(table: Table) -> str:
-    return (f"{METRIC_TITLES.get(table.metric, table.metric)} in %. Bold: best in the row; underlined: best "
-            f"{FAMILY_NAMES.get(table.underline_family, table.underline_family)} variant.")
+    text = f"{METRIC_TITLES.get(table.metric, table.metric)} in %. Bold: best in the row"
+    if table.underline_family is None:
+        return text + "."
+    return text + f"; underlined: best {FAMILY_NAMES.get(table.underline_family, table.underline_family)} variant."
 
 
 def to_markdown(table: Table) -> str:
@@ -305,10 +321,10 @@ def plot(table: Table, path: Path) -> None:
     ax.set_xticks(x, [t for _, t in table.rows], rotation=30, ha="right")
     ax.set_ylabel(f"{METRIC_TITLES.get(table.metric, table.metric)} [%]")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    longest = max((len(col.label) for col in table.columns), default=0)
+    ax.legend(fontsize=7, ncol=1 if longest > 40 else 2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # grows the canvas to hold the outside legend, whatever its labels
     plt.close(fig)
 
 

@@ -128,3 +128,21 @@ def test_ablation_and_performance_tables_agree_with_table_2():
     with open(REFERENCE_DIR / "insplad-seg-performance.csv", newline="") as handle:
         perf = list(_csv.DictReader(handle))
     assert len(perf) == 18 and all(r["source"] == "seed 003 Table 4" for r in perf)
+
+
+def test_scope_averages_a_deliberate_subset_and_still_flags_a_missing_category():
+    """The demo's AUPRO table: runs on InsPLAD-seg's masked categories of a 5-category dataset get an
+    average over those categories; a run missing one of them stays partial, without an average."""
+    doc = results_doc({"glass_insulator": 0.9, "vari_grip": 0.8, "lightning_rod_suspension": 0.7})
+    doc["dataset"]["categories"] = ["glass_insulator", "lightning_rod_suspension", "polymer_insulator_upper_shackle",
+                                    "vari_grip", "yoke_suspension"]
+    whole = build_table([("a", doc)])
+    assert "[partial 3/5]" in whole.columns[0].label and whole.columns[0].values["mean"] is None
+    seg = ["glass_insulator", "lightning_rod_suspension", "vari_grip"]
+    scoped = build_table([("a", doc)], scope=seg)
+    col = scoped.columns[0]
+    assert "partial" not in col.label and col.values["mean"] == pytest.approx(80.0)
+    assert [c for c, _ in scoped.rows] == ["glass_insulator", "lightning_rod_suspension", "vari_grip", "mean"]
+    assert any("Average over the table's 3 categories" in n for n in scoped.notes)
+    lacking = build_table([("a", doc)], scope=["glass_insulator", "yoke_suspension"]).columns[0]
+    assert "[partial 1/2]" in lacking.label and lacking.values["mean"] is None
