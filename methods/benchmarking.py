@@ -240,6 +240,7 @@ def run_category(cfg: BenchmarkConfig, category: mvtec.Category, seed: int, log:
         detector.run.progress = cfg.progress
         detector.run.channels_last, detector.run.compile, detector.run.cuda_graphs = \
             cfg.channels_last, cfg.compile, cfg.cuda_graphs
+        detector.run.workers = cfg.workers  # this run's --workers, not the loader's default
         train_s = 0.0
     else:
         log(f"[seed {seed}] {category.name}: training on {len(category.train)} images")
